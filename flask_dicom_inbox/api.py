@@ -1,0 +1,97 @@
+"""The blueprint: thin views (load -> service -> dump) and JSON errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, jsonify, request
+from flask_httpauth import HTTPBasicAuth
+from werkzeug.exceptions import HTTPException
+
+from .auth import current_user
+from .errors import DicomInboxError, NotFound, ServiceUnavailable
+from .requests import ImportRequest
+from .schemas import ImportRequestSchema
+
+_status_schema = ImportRequestSchema()
+
+
+def _state() -> Any:
+    from .extension import current_state
+
+    return current_state()
+
+
+def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
+    """A blueprint whose every route needs a valid user (a ``before_request`` gate)."""
+    bp = Blueprint("dicom_inbox", __name__)
+
+    @bp.before_request
+    @auth.login_required
+    def _gate() -> None:
+        return None
+
+    @bp.errorhandler(DicomInboxError)
+    def _inbox_error(exc: DicomInboxError) -> Response:
+        response = jsonify(exc.to_dict())
+        response.status_code = exc.status_code
+        return response
+
+    @bp.errorhandler(redis.exceptions.ConnectionError)
+    def _redis_down(exc: Exception) -> Response:
+        return _inbox_error(ServiceUnavailable(f"the queue (Redis) cannot be reached: {exc}"))
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        err = DicomInboxError(exc.description or exc.name)
+        err.status_code = exc.code or 500
+        return _inbox_error(err)
+
+    @bp.route("/data/services/import", methods=["POST"])
+    @bp.route("/REST/services/import", methods=["POST"])
+    def submit_import() -> Response:
+        """Validate, record and queue an import; answer with the status URL."""
+        from .service import submit_import as submit
+
+        raw = {**request.args.to_dict(flat=True), **request.form.to_dict(flat=True)}
+        record = submit(_state(), current_user(), raw)
+        url = f"{request.script_root}{_state().config.url_prefix}/xapi/dicom/{record.id}"
+        fmt = raw.get("format")
+        if fmt == "json":
+            return jsonify(_dump(record))
+        body = url if fmt == "txt" else f"{url}\r\n"
+        return Response(body, status=200, content_type="text/uri-list")
+
+    @bp.route("/xapi/dicom/<int:request_id>", methods=["GET"])
+    def get_request(request_id: int) -> Response:
+        return jsonify(_dump(_visible(request_id)))
+
+    @bp.route("/xapi/dicom/list/active", methods=["GET"])
+    def list_active() -> Response:
+        return jsonify([_dump(r) for r in _visible_list(active_only=True)])
+
+    @bp.route("/xapi/dicom/list/all", methods=["GET"])
+    def list_all() -> Response:
+        return jsonify([_dump(r) for r in _visible_list(active_only=False)])
+
+    return bp
+
+
+def _dump(record: ImportRequest) -> dict[str, Any]:
+    return _status_schema.dump(record.to_status())  # type: ignore[no-any-return]
+
+
+def _visible(request_id: int) -> ImportRequest:
+    """The request if the user may see it (theirs, or any for an admin); else 404."""
+    user = current_user()
+    record = _state().store.get(request_id)
+    if record is None or (record.username != user.username and not user.is_admin):
+        raise NotFound(f"no import request {request_id}")
+    return record
+
+
+def _visible_list(*, active_only: bool) -> list[ImportRequest]:
+    user = current_user()
+    username = None if user.is_admin else user.username
+    return _state().store.list(username=username, active_only=active_only)  # type: ignore[no-any-return]

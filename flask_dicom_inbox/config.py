@@ -1,0 +1,88 @@
+"""Every ``DICOM_INBOX_*`` configuration key, its default, and the frozen view the code reads.
+
+Defaults are applied with ``app.config.setdefault`` in ``DicomInbox.init_app``; paths left as
+``None`` fall back to folders under the app's instance folder.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+#: Key -> (default, one-line documentation). The README's configuration table mirrors this.
+DEFAULTS: dict[str, tuple[Any, str]] = {
+    "DICOM_INBOX_PATH": (None, "Inbox root; sessions live under <root>/<PROJECT_ID>/..."),
+    "DICOM_INBOX_PREARCHIVE_PATH": (None, "Prearchive root (default storage)."),
+    "DICOM_INBOX_ARCHIVE_PATH": (None, "Archive root (default storage)."),
+    "DICOM_INBOX_REDIS_URL": ("redis://127.0.0.1:6379/0", "Redis for the RQ queue and records."),
+    "DICOM_INBOX_QUEUE": ("dicom-inbox", "RQ queue name."),
+    "DICOM_INBOX_KEY_PREFIX": ("dicom_inbox:", "Prefix of every Redis key of the records."),
+    "DICOM_INBOX_CLEANUP_DEFAULT": (False, "cleanupAfterImport when not given (XNAT: true)."),
+    "DICOM_INBOX_MAX_FILES": (0, "Most files one request may hold; 0 = no limit (413 above)."),
+    "DICOM_INBOX_MAX_BYTES": (0, "Most bytes one request may hold; 0 = no limit (413 above)."),
+    "DICOM_INBOX_JOB_TIMEOUT": (4 * 3600, "Base RQ job timeout in seconds."),
+    "DICOM_INBOX_JOB_TIMEOUT_PER_FILE": (0.05, "Seconds added to the timeout per counted file."),
+    "DICOM_INBOX_MAX_INFLATED_BYTES": (
+        512 * 1024 * 1024,
+        "Largest size a deflated DICOM file may inflate to before it is refused.",
+    ),
+    "DICOM_INBOX_PROGRESS_EVERY": (50, "Files between progress writes to Redis."),
+    "DICOM_INBOX_URL_PREFIX": ("", "Prefix of the blueprint's routes (e.g. /xnat)."),
+}
+
+
+@dataclass(frozen=True)
+class InboxConfig:
+    """The configuration as read once from ``app.config``."""
+
+    inbox_path: Path
+    prearchive_path: Path
+    archive_path: Path
+    redis_url: str
+    queue: str
+    key_prefix: str
+    cleanup_default: bool
+    max_files: int
+    max_bytes: int
+    job_timeout: int
+    job_timeout_per_file: float
+    max_inflated_bytes: int
+    progress_every: int
+    url_prefix: str
+
+    @classmethod
+    def from_app(cls, app: Flask) -> InboxConfig:
+        c = app.config
+        instance = Path(app.instance_path)
+
+        def folder(key: str, default_name: str) -> Path:
+            value = c.get(key)
+            return Path(os.path.realpath(value if value else instance / default_name))
+
+        return cls(
+            inbox_path=folder("DICOM_INBOX_PATH", "inbox"),
+            prearchive_path=folder("DICOM_INBOX_PREARCHIVE_PATH", "prearchive"),
+            archive_path=folder("DICOM_INBOX_ARCHIVE_PATH", "archive"),
+            redis_url=str(c["DICOM_INBOX_REDIS_URL"]),
+            queue=str(c["DICOM_INBOX_QUEUE"]),
+            key_prefix=str(c["DICOM_INBOX_KEY_PREFIX"]),
+            cleanup_default=_as_bool(c["DICOM_INBOX_CLEANUP_DEFAULT"]),
+            max_files=int(c["DICOM_INBOX_MAX_FILES"]),
+            max_bytes=int(c["DICOM_INBOX_MAX_BYTES"]),
+            job_timeout=int(c["DICOM_INBOX_JOB_TIMEOUT"]),
+            job_timeout_per_file=float(c["DICOM_INBOX_JOB_TIMEOUT_PER_FILE"]),
+            max_inflated_bytes=int(c["DICOM_INBOX_MAX_INFLATED_BYTES"]),
+            progress_every=max(1, int(c["DICOM_INBOX_PROGRESS_EVERY"])),
+            url_prefix=str(c["DICOM_INBOX_URL_PREFIX"] or "").rstrip("/"),
+        )
+
+
+def _as_bool(value: Any) -> bool:
+    """Config from the environment arrives as text or JSON; accept both."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)

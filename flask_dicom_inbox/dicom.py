@@ -1,0 +1,166 @@
+"""The only module that imports pydicom: header reads, full reads and writes.
+
+Header reads use ``stop_before_pixels=True`` and are never written back (pydicom would write a
+file without pixel data). Deflated files are measured by streaming inflation before pydicom
+sees them, because pydicom inflates the whole file into memory even for a header read.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import Dataset, FileDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_preamble
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+#: Header tags a scan needs; reading stops after the last one we need before pixel data.
+_COMMENT_TAGS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
+
+
+class NotImportable(Exception):
+    """A file that is not an importable DICOM instance; ``str(exc)`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class DicomHeader:
+    """What grouping and naming need from one file's header (small: one per file is kept)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    series_number: str
+    instance_number: str
+    patient_id: str
+    patient_name: str
+    subject_hint: str
+    session_hint: str
+
+
+def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
+    """Read what grouping needs from ``path``; raise :class:`NotImportable` with a reason.
+
+    Accepts Part 10 files with or without the 128-byte preamble. DICOMDIR files, non-DICOM
+    files and instances lacking SOPInstanceUID or SOPClassUID are refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
+            raise NotImportable("empty file")
+        transfer_syntax = _peek_transfer_syntax(fp)
+        if transfer_syntax == DEFLATED:
+            _check_inflated_size(fp, max_inflated_bytes)
+        fp.seek(0)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
+            raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
+        except (zlib.error, NotImplementedError, AttributeError, IndexError) as exc:
+            raise NotImportable(f"unreadable DICOM file ({_short(exc)})") from exc
+        return _header_from(ds)
+
+
+def _header_from(ds: Dataset) -> DicomHeader:
+    meta = getattr(ds, "file_meta", None)
+    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        raise NotImportable("DICOMDIR (a media directory, not an instance)")
+    try:
+        sop_class = _text(ds, "SOPClassUID")
+        sop_instance = _text(ds, "SOPInstanceUID")
+    except Exception as exc:  # a forced read of junk can fail on first element access
+        raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
+    if not sop_instance or not sop_class:
+        if len(ds) <= 2 and not sop_instance and not sop_class:
+            raise NotImportable("not a DICOM file")
+        raise NotImportable("DICOM file lacks SOPInstanceUID or SOPClassUID")
+    comments = " ".join(_text(ds, t) for t in _COMMENT_TAGS)
+    return DicomHeader(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        study_instance_uid=_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_text(ds, "SeriesInstanceUID"),
+        series_number=_text(ds, "SeriesNumber"),
+        instance_number=_text(ds, "InstanceNumber"),
+        patient_id=_text(ds, "PatientID"),
+        patient_name=_text(ds, "PatientName"),
+        subject_hint=_comment_field(comments, "Subject"),
+        session_hint=_comment_field(comments, "Session"),
+    )
+
+
+def _comment_field(comments: str, field: str) -> str:
+    """XNAT's ``Project: P Subject: S Session: E`` convention in the comment tags."""
+    marker = f"{field}:"
+    at = comments.find(marker)
+    if at < 0:
+        return ""
+    rest = comments[at + len(marker) :].strip()
+    return rest.split()[0] if rest else ""
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip("\x00 ")
+    return str(value).strip("\x00 ")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _peek_transfer_syntax(fp: BinaryIO) -> str:
+    """The transfer syntax from the file meta, or ``""`` when there is none to read."""
+    try:
+        preamble = read_preamble(fp, True)
+        if preamble is None:
+            head = fp.read(2)
+            fp.seek(0)
+            if head != b"\x02\x00":
+                return ""
+        meta = _read_file_meta_info(fp)
+    except Exception:  # unreadable meta: pydicom's full read reports the real reason
+        return ""
+    return str(meta.get("TransferSyntaxUID", ""))
+
+
+def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
+    """Inflate the deflated body in chunks, keeping nothing, and refuse it past ``limit``."""
+    body_start = fp.tell()
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    fp.seek(body_start)
+    while chunk := fp.read(256 * 1024):
+        data = inflater.decompress(chunk, 1024 * 1024)
+        total += len(data)
+        while inflater.unconsumed_tail:
+            data = inflater.decompress(inflater.unconsumed_tail, 1024 * 1024)
+            total += len(data)
+            if total > limit:
+                break
+        if total > limit:
+            raise NotImportable(
+                f"deflated file inflates past the limit of {limit} bytes (possible deflate bomb)"
+            )
+
+
+def read_full(path: Path) -> FileDataset:
+    """A full read (pixel data included) for rewriting; the only read that may be saved."""
+    return pydicom.dcmread(path, force=True)
+
+
+def write_dataset(ds: FileDataset, out: BinaryIO) -> None:
+    """Write ``ds`` as a Part 10 file with the preamble, keeping its transfer syntax."""
+    ds.save_as(out, enforce_file_format=True)

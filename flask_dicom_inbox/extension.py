@@ -1,0 +1,134 @@
+"""The ``DicomInbox`` Flask extension: per-app state, handler registration, routes, CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Flask, current_app
+from flask_httpauth import HTTPBasicAuth
+from rq import Queue
+
+from .api import build_blueprint
+from .auth import build_basic_auth
+from .config import DEFAULTS, InboxConfig
+from .handlers.inbox import InboxHandler
+from .importer import AnonymizationStep
+from .jobs import AppJob, bind_job_class
+from .protocols import ProjectDirectory, SessionStorage, UserDirectory
+from .registry import HandlerRegistry, ImportHandler
+from .requests import ImportRequest, RequestStore
+from .storage import FilesystemStorage
+
+EXTENSION_KEY = "dicom_inbox"
+
+#: A host callable giving the anonymization steps for a request (site, then project script).
+AnonymizationProvider = Callable[[ImportRequest], Sequence[AnonymizationStep]]
+
+
+@dataclass
+class InboxState:
+    """Everything the extension keeps per app (``app.extensions['dicom_inbox']`` holds it)."""
+
+    extension: DicomInbox
+    app: Flask
+    config: InboxConfig
+    redis: redis.Redis
+    store: RequestStore
+    queue: Queue
+    job_class: type[AppJob]
+    users: UserDirectory
+    projects: ProjectDirectory
+    storage: SessionStorage
+    auth: HTTPBasicAuth
+
+    @property
+    def registry(self) -> HandlerRegistry:
+        return self.extension.registry
+
+    def anonymization_steps(self, record: ImportRequest) -> Sequence[AnonymizationStep]:
+        provider = self.extension.anonymization_provider
+        if provider is None or record.parameters.get("prevent_anon", "").lower() == "true":
+            return ()
+        return provider(record)
+
+    def signal(self, name: str, record: ImportRequest | None) -> None:
+        from . import signals
+
+        if record is not None:
+            getattr(signals, name).send(self.app, request=record)
+
+
+class DicomInbox:
+    """XNAT's DICOM Inbox as a Flask extension.
+
+    ``users`` and ``projects`` are the host's (see :mod:`.protocols`); ``storage`` defaults to
+    :class:`~.storage.FilesystemStorage` on ``DICOM_INBOX_PREARCHIVE_PATH`` and
+    ``DICOM_INBOX_ARCHIVE_PATH``. Handlers are registered with :meth:`register_handler`;
+    ``inbox`` is registered that way too.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        users: UserDirectory,
+        projects: ProjectDirectory,
+        storage: SessionStorage | None = None,
+        anonymization: AnonymizationProvider | None = None,
+    ) -> None:
+        self.users = users
+        self.projects = projects
+        self.storage = storage
+        self.anonymization_provider = anonymization
+        self.registry = HandlerRegistry()
+        self.register_handler("inbox", InboxHandler())
+        if app is not None:
+            self.init_app(app)
+
+    def register_handler(self, name: str, handler: ImportHandler, *, replace: bool = False) -> None:
+        """Make ``import-handler=<name>`` use ``handler`` (the public call for every handler)."""
+        self.registry.register(name, handler, replace=replace)
+
+    def init_app(self, app: Flask) -> None:
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("DicomInbox is already initialised on this app")
+        for key, (default, _doc) in DEFAULTS.items():
+            app.config.setdefault(key, default)
+        config = InboxConfig.from_app(app)
+        connection = redis.Redis.from_url(config.redis_url)
+        job_class = bind_job_class(app)
+        storage = self.storage or FilesystemStorage(config.prearchive_path, config.archive_path)
+        state = InboxState(
+            extension=self,
+            app=app,
+            config=config,
+            redis=connection,
+            store=RequestStore(connection, config.key_prefix),
+            queue=Queue(config.queue, connection=connection, job_class=job_class),
+            job_class=job_class,
+            users=self.users,
+            projects=self.projects,
+            storage=storage,
+            auth=build_basic_auth(),
+        )
+        app.extensions[EXTENSION_KEY] = state
+        app.register_blueprint(build_blueprint(state.auth), url_prefix=config.url_prefix or None)
+        from .cli import dicom_inbox_cli
+
+        app.cli.add_command(dicom_inbox_cli)
+
+    @staticmethod
+    def state(app: Flask | None = None) -> InboxState:
+        """The per-app state of ``app`` (default: the current app)."""
+        target: Any = app if app is not None else current_app
+        try:
+            return target.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+        except KeyError:
+            raise RuntimeError("DicomInbox is not initialised on this app") from None
+
+
+def current_state() -> InboxState:
+    return DicomInbox.state()

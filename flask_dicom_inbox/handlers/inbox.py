@@ -1,0 +1,150 @@
+"""The ``inbox`` handler: a folder already on the server, under ``<inbox>/<PROJECT_ID>/``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ..errors import BadRequest, Forbidden, PayloadTooLarge
+from ..registry import PreparedImport, Submission
+
+if TYPE_CHECKING:
+    from ..config import InboxConfig
+    from ..requests import ImportRequest
+
+MAX_PATH_LENGTH = 4096
+
+
+@dataclass(frozen=True)
+class InboxPath:
+    """A resolved session path and the project whose inbox folder holds it."""
+
+    real_path: Path
+    inbox_project: str
+
+
+def resolve_inbox_path(path: str | None, inbox_root: Path) -> InboxPath:
+    """Resolve ``path`` (symlinks included) and check it lies inside ``<inbox_root>/<P>/``.
+
+    Uses ``realpath`` and a path-component comparison, never a string prefix, so
+    ``/inbox2/...``, ``..`` segments and symlinks pointing out are all refused.
+    """
+    if not path:
+        raise BadRequest(
+            "the path parameter is required: the absolute path of the session folder",
+            errors={"path": ["Missing data for required field."]},
+        )
+    if "\x00" in path:
+        raise BadRequest("path contains a NUL byte", errors={"path": ["NUL byte"]})
+    if len(path) > MAX_PATH_LENGTH:
+        raise BadRequest(
+            f"path is longer than {MAX_PATH_LENGTH} characters", errors={"path": ["too long"]}
+        )
+    if not os.path.isabs(path):
+        raise BadRequest(f"path must be absolute, got {path!r}", errors={"path": ["not absolute"]})
+    root = Path(os.path.realpath(inbox_root))
+    real = Path(os.path.realpath(path))
+    if os.path.commonpath([root, real]) != str(root) or real == root:
+        raise BadRequest(
+            f"path {path!r} is not inside a project folder of the inbox {str(root)!r}",
+            errors={"path": ["outside the inbox"]},
+        )
+    project_folder = real.relative_to(root).parts[0]
+    return InboxPath(real_path=real, inbox_project=project_folder)
+
+
+def count_files(folder: Path, *, max_files: int, max_bytes: int) -> tuple[int, int]:
+    """Count regular files and bytes under ``folder`` without following symlinks.
+
+    Stops early with a 413 once a non-zero limit is passed.
+    """
+    files = 0
+    total = 0
+    for dirpath, _dirs, names in os.walk(folder, followlinks=False):
+        for name in names:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            files += 1
+            total += st.st_size
+            if max_files and files > max_files:
+                raise PayloadTooLarge(
+                    f"the folder holds more than the limit of {max_files} files",
+                    errors={"path": [f"more than {max_files} files"]},
+                )
+            if max_bytes and total > max_bytes:
+                raise PayloadTooLarge(
+                    f"the folder holds more than the limit of {max_bytes} bytes",
+                    errors={"path": [f"more than {max_bytes} bytes"]},
+                )
+    return files, total
+
+
+def has_regular_file(folder: Path) -> bool:
+    for dirpath, _dirs, names in os.walk(folder, followlinks=False):
+        for name in names:
+            with contextlib.suppress(OSError):
+                if stat.S_ISREG(os.lstat(os.path.join(dirpath, name)).st_mode):
+                    return True
+    return False
+
+
+class InboxHandler:
+    """XNAT's DICOM Inbox: import a folder under ``<inbox>/<P>/`` where the user can edit P."""
+
+    def prepare(self, submission: Submission) -> PreparedImport:
+        params = submission.params
+        located = resolve_inbox_path(params.path, submission.config.inbox_path)
+        project = located.inbox_project
+        if submission.projects.get_project(project) is None:
+            raise BadRequest(
+                f"the inbox folder {project!r} does not belong to any project",
+                errors={"path": ["not under a project's inbox folder"]},
+            )
+        if not submission.projects.can_edit(submission.user, project):
+            raise Forbidden(
+                f"user {submission.user.username!r} cannot edit project {project!r}, "
+                "whose inbox folder holds the path",
+                errors={"path": [f"no edit right on project {project}"]},
+            )
+        real = located.real_path
+        if not real.exists():
+            raise BadRequest(
+                f"path {params.path!r} does not exist", errors={"path": ["does not exist"]}
+            )
+        if not real.is_dir():
+            raise BadRequest(
+                f"path {params.path!r} is neither a folder nor a supported archive file",
+                errors={"path": ["not a folder"]},
+            )
+        cfg = submission.config
+        if cfg.max_files or cfg.max_bytes:
+            files, size = count_files(real, max_files=cfg.max_files, max_bytes=cfg.max_bytes)
+            if files == 0:
+                raise _empty(params.path)
+            return PreparedImport(session_path=str(real), file_count=files, byte_count=size)
+        if not has_regular_file(real):
+            raise _empty(params.path)
+        return PreparedImport(session_path=str(real))
+
+    @contextlib.contextmanager
+    def open_source(self, request: ImportRequest, config: InboxConfig) -> Iterator[Path]:
+        """Re-check the path at job time: a symlink swapped in since submit must not escape."""
+        located = resolve_inbox_path(request.session_path, config.inbox_path)
+        if str(located.real_path) != request.session_path:
+            raise BadRequest("the session path changed since it was submitted (symlink?)")
+        yield located.real_path
+
+
+def _empty(path: str | None) -> BadRequest:
+    return BadRequest(
+        f"path {path!r} holds no files to import", errors={"path": ["empty folder"]}
+    )

@@ -1,0 +1,44 @@
+"""RQ entry points. Jobs take a request id, never objects, and run inside the app context."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from flask import Flask
+from rq.job import Job
+
+
+class AppJob(Job):
+    """An RQ Job that performs inside the Flask app context of the app it is bound to.
+
+    :func:`bind_job_class` makes a subclass per app, so a worker started by
+    ``flask dicom-inbox worker`` runs every job with that app's configuration.
+    """
+
+    flask_app: ClassVar[Flask | None] = None
+
+    def perform(self) -> Any:
+        app = type(self).flask_app
+        if app is None:
+            return super().perform()
+        with app.app_context():
+            return super().perform()
+
+
+def bind_job_class(app: Flask) -> type[AppJob]:
+    return type("DicomInboxAppJob", (AppJob,), {"flask_app": app})
+
+
+def run_import(request_id: int) -> str:
+    """Import one request; returns its final status (``Completed`` or ``Failed``)."""
+    from rq import get_current_job
+
+    from .extension import current_state
+    from .service import execute_import
+
+    return execute_import(current_state(), int(request_id), get_current_job())
+
+
+def job_id_for(request_id: int) -> str:
+    """RQ job ids may not hold ':', '/' or spaces; ours hold only the number."""
+    return f"dicom-inbox-import-{int(request_id)}"

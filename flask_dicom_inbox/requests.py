@@ -1,0 +1,296 @@
+"""Durable import request records in Redis, with their status history.
+
+RQ keeps a job's result for minutes; these records stay until deleted, so a status URL keeps
+answering long after the job is gone. Counters are Redis hash fields (``HINCRBY``), so several
+processes can report progress on one request without overwriting each other.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+QUEUED = "Queued"
+ACCEPTED = "Accepted"
+IMPORTING = "Importing"
+PROCESSED = "Processed"
+COMPLETED = "Completed"
+FAILED = "Failed"
+
+FINISHED = frozenset({COMPLETED, FAILED})
+STATUSES = (QUEUED, ACCEPTED, IMPORTING, PROCESSED, COMPLETED, FAILED)
+
+#: status -> statuses it may move to. ``Queued`` again is a retry after a dead worker.
+_TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({ACCEPTED, FAILED}),
+    ACCEPTED: frozenset({IMPORTING, QUEUED, FAILED}),
+    IMPORTING: frozenset({PROCESSED, COMPLETED, QUEUED, FAILED}),
+    PROCESSED: frozenset({COMPLETED, QUEUED, FAILED}),
+    COMPLETED: frozenset(),
+    FAILED: frozenset(),
+}
+
+PROGRESS_FIELDS = ("filesFound", "filesDone", "filesImported", "filesSkipped", "bytesDone")
+
+
+class InvalidTransition(RuntimeError):
+    """A status change the lifecycle does not allow (e.g. leaving ``Completed``)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class ImportRequest:
+    """One import request as stored; :meth:`to_status` gives the contract's status JSON."""
+
+    id: int
+    username: str
+    handler: str
+    project_id: str
+    session_path: str
+    cleanup_after_import: bool
+    parameters: dict[str, str]
+    created: int
+    timestamp: int
+    status: str
+    resolution: str = ""
+    message: str = ""
+    progress: dict[str, int] = field(default_factory=dict)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[dict[str, str]] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def to_status(self) -> dict[str, Any]:
+        """The status JSON of CONTRACT section 3 (both spellings of cleanupAfterImport)."""
+        return {
+            "id": self.id,
+            "enabled": True,
+            "created": self.created,
+            "timestamp": self.timestamp,
+            "username": self.username,
+            "sessionPath": self.session_path,
+            "status": self.status,
+            "cleanupAfterImport": self.cleanup_after_import,
+            "clenaupAfterImport": self.cleanup_after_import,
+            "resolution": self.resolution,
+            "message": self.message,
+            "handler": self.handler,
+            "project": self.project_id,
+            "parameters": dict(self.parameters),
+            "progress": {k: int(self.progress.get(k, 0)) for k in PROGRESS_FIELDS},
+            "sessions": list(self.sessions),
+            "errors": list(self.errors),
+            "history": list(self.history),
+        }
+
+
+class RequestStore:
+    """Reads and writes :class:`ImportRequest` records under one key prefix."""
+
+    def __init__(self, connection: redis.Redis, prefix: str) -> None:
+        self.redis = connection
+        self.prefix = prefix
+
+    # -- keys -------------------------------------------------------------------------------
+    def _key(self, request_id: int, suffix: str = "") -> str:
+        return f"{self.prefix}request:{request_id}{suffix}"
+
+    @property
+    def _all_key(self) -> str:
+        return f"{self.prefix}requests"
+
+    @property
+    def _active_key(self) -> str:
+        return f"{self.prefix}requests:active"
+
+    def _user_key(self, username: str) -> str:
+        return f"{self.prefix}requests:user:{username}"
+
+    # -- create / read ----------------------------------------------------------------------
+    def create(
+        self,
+        *,
+        username: str,
+        handler: str,
+        project_id: str,
+        session_path: str,
+        cleanup_after_import: bool,
+        parameters: dict[str, str],
+        options: dict[str, Any],
+    ) -> ImportRequest:
+        """Store a new ``Queued`` request and return it with its id."""
+        request_id = int(self.redis.incr(f"{self.prefix}request:next-id"))
+        created = now_ms()
+        fixed = {
+            "id": request_id,
+            "username": username,
+            "handler": handler,
+            "project_id": project_id,
+            "session_path": session_path,
+            "cleanup_after_import": cleanup_after_import,
+            "parameters": parameters,
+            "created": created,
+            "options": options,
+        }
+        entry = {"status": QUEUED, "at": created, "message": "queued"}
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(
+            self._key(request_id),
+            mapping={
+                "fixed": json.dumps(fixed),
+                "status": QUEUED,
+                "timestamp": created,
+                "resolution": "",
+                "message": "",
+                "sessions": "[]",
+                **{k: 0 for k in PROGRESS_FIELDS},
+            },
+        )
+        pipe.rpush(self._key(request_id, ":history"), json.dumps(entry))
+        pipe.zadd(self._all_key, {str(request_id): request_id})
+        pipe.zadd(self._user_key(username), {str(request_id): request_id})
+        pipe.sadd(self._active_key, str(request_id))
+        pipe.execute()
+        found = self.get(request_id)
+        assert found is not None
+        return found
+
+    def get(self, request_id: int) -> ImportRequest | None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self._key(request_id))
+        pipe.lrange(self._key(request_id, ":errors"), 0, -1)
+        pipe.lrange(self._key(request_id, ":history"), 0, -1)
+        raw, errors, history = pipe.execute()
+        if not raw:
+            return None
+        return self._from_raw(raw, errors, history)
+
+    @staticmethod
+    def _from_raw(raw: dict[bytes, bytes], errors: list[bytes], history: list[bytes]) -> ImportRequest:
+        def text(name: str) -> str:
+            return raw.get(name.encode(), b"").decode()
+
+        fixed = json.loads(text("fixed"))
+        return ImportRequest(
+            id=int(fixed["id"]),
+            username=fixed["username"],
+            handler=fixed["handler"],
+            project_id=fixed["project_id"],
+            session_path=fixed["session_path"],
+            cleanup_after_import=bool(fixed["cleanup_after_import"]),
+            parameters=dict(fixed["parameters"]),
+            created=int(fixed["created"]),
+            options=dict(fixed.get("options", {})),
+            timestamp=int(text("timestamp") or 0),
+            status=text("status"),
+            resolution=text("resolution"),
+            message=text("message"),
+            progress={k: int(text(k) or 0) for k in PROGRESS_FIELDS},
+            sessions=json.loads(text("sessions") or "[]"),
+            errors=[json.loads(e) for e in errors],
+            history=[json.loads(h) for h in history],
+        )
+
+    def ids(self, *, username: str | None = None, active_only: bool = False) -> list[int]:
+        """Request ids, newest first; only ``username``'s when given."""
+        key = self._user_key(username) if username is not None else self._all_key
+        ids = [int(i) for i in self.redis.zrevrange(key, 0, -1)]
+        if active_only:
+            active = {int(i) for i in self.redis.smembers(self._active_key)}
+            ids = [i for i in ids if i in active]
+        return ids
+
+    def list(self, *, username: str | None = None, active_only: bool = False) -> list[ImportRequest]:
+        found = (self.get(i) for i in self.ids(username=username, active_only=active_only))
+        return [r for r in found if r is not None]
+
+    def active(self) -> Iterator[ImportRequest]:
+        """Every unfinished request (for recovery and for path-overlap checks)."""
+        for raw_id in sorted(self.redis.smembers(self._active_key)):
+            found = self.get(int(raw_id))
+            if found is not None and not found.finished:
+                yield found
+
+    # -- updates ----------------------------------------------------------------------------
+    def set_status(self, request_id: int, status: str, message: str = "") -> None:
+        """Move to ``status``, recording it in the history; refuses illegal moves."""
+        current = self.redis.hget(self._key(request_id), "status")
+        if current is None:
+            raise KeyError(request_id)
+        old = current.decode()
+        if status == old:
+            return
+        if status not in _TRANSITIONS[old]:
+            raise InvalidTransition(f"request {request_id}: {old} -> {status} is not allowed")
+        at = now_ms()
+        pipe = self.redis.pipeline(transaction=True)
+        mapping: dict[str, Any] = {"status": status, "timestamp": at}
+        if message:
+            mapping["message"] = message
+        pipe.hset(self._key(request_id), mapping=mapping)
+        pipe.rpush(
+            self._key(request_id, ":history"),
+            json.dumps({"status": status, "at": at, "message": message}),
+        )
+        if status in FINISHED:
+            pipe.srem(self._active_key, str(request_id))
+        pipe.execute()
+
+    def add_progress(self, request_id: int, **deltas: int) -> None:
+        """Add to progress counters atomically (safe with several writers)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, delta in deltas.items():
+            if name not in PROGRESS_FIELDS:
+                raise KeyError(name)
+            if delta:
+                pipe.hincrby(self._key(request_id), name, delta)
+        pipe.hset(self._key(request_id), "timestamp", now_ms())
+        pipe.execute()
+
+    def set_progress(self, request_id: int, **values: int) -> None:
+        for name in values:
+            if name not in PROGRESS_FIELDS:
+                raise KeyError(name)
+        self.redis.hset(self._key(request_id), mapping={**values, "timestamp": now_ms()})
+
+    def reset_progress(self, request_id: int) -> None:
+        """Start counting afresh (a retried job walks the folder again)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._key(request_id), mapping={k: 0 for k in PROGRESS_FIELDS})
+        pipe.delete(self._key(request_id, ":errors"))
+        pipe.execute()
+
+    def add_errors(self, request_id: int, errors: Iterable[dict[str, str]]) -> None:
+        encoded = [json.dumps(e) for e in errors]
+        if encoded:
+            self.redis.rpush(self._key(request_id, ":errors"), *encoded)
+
+    def set_result(
+        self, request_id: int, *, sessions: list[dict[str, Any]], resolution: str
+    ) -> None:
+        self.redis.hset(
+            self._key(request_id),
+            mapping={"sessions": json.dumps(sessions), "resolution": resolution},
+        )
+
+    def set_option(self, request_id: int, name: str, value: Any) -> None:
+        """Remember a job-time decision (e.g. the prearchive timestamp) for a retry."""
+        key = self._key(request_id)
+        raw = self.redis.hget(key, "fixed")
+        if raw is None:
+            raise KeyError(request_id)
+        fixed = json.loads(raw)
+        fixed.setdefault("options", {})[name] = value
+        self.redis.hset(key, "fixed", json.dumps(fixed))

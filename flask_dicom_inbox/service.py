@@ -1,0 +1,265 @@
+"""Submitting and executing import requests: the logic between the views and the engine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import redis
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from .errors import BadRequest, Conflict, DicomInboxError, Forbidden, ImportFailed
+from .importer import ImportEngine, ImportOptions
+from .jobs import job_id_for, run_import
+from .protocols import Destination, InboxUser, ProjectSettings
+from .registry import Submission
+from .requests import ACCEPTED, COMPLETED, FAILED, IMPORTING, QUEUED, ImportRequest
+from .schemas import ImportParameters, load_import_parameters
+
+if TYPE_CHECKING:
+    from .extension import InboxState
+
+log = logging.getLogger("flask_dicom_inbox")
+
+
+def submit_import(state: InboxState, user: InboxUser, raw: Mapping[str, str]) -> ImportRequest:
+    """Validate a submission, record it and queue its job. Refusals change nothing."""
+    params = load_import_parameters(raw)
+    handler = state.registry.get(params.import_handler)
+    project = _editable_project(state, user, params.project_id)
+    if params.prevent_anon and not state.projects.can_prevent_anon(user, project.id):
+        raise Forbidden(
+            f"user {user.username!r} may not import into project {project.id!r} without "
+            "anonymization (prevent_anon=true)",
+            errors={"prevent_anon": ["not allowed for this user"]},
+        )
+    destination = choose_destination(params, project)
+    prepared = handler.prepare(
+        Submission(user=user, params=params, config=state.config, projects=state.projects)
+    )
+    if (
+        destination == "archive"
+        and params.overwrite == "none"
+        and params.expt_label
+        and state.storage.session_exists("archive", project.id, params.expt_label)
+    ):
+        raise Conflict(
+            f"the archive of project {project.id!r} already holds session "
+            f"{params.expt_label!r}; pass overwrite=append or overwrite=delete",
+            errors={"EXPT_LABEL": ["session exists"]},
+        )
+    cleanup = (
+        params.cleanup_after_import
+        if params.cleanup_after_import is not None
+        else state.config.cleanup_default
+    )
+    parameters = _recorded_parameters(params, cleanup, prepared.session_path)
+    options: dict[str, Any] = {"destination": destination}
+    if prepared.file_count is not None:
+        options["fileCount"] = prepared.file_count
+        options["byteCount"] = prepared.byte_count
+    try:
+        with state.redis.lock(f"{state.config.key_prefix}submit-lock", timeout=30, blocking_timeout=10):
+            _refuse_overlap(state, prepared.session_path)
+            record = state.store.create(
+                username=user.username,
+                handler=params.import_handler or "",
+                project_id=project.id,
+                session_path=prepared.session_path,
+                cleanup_after_import=cleanup,
+                parameters=parameters,
+                options=options,
+            )
+    except redis.exceptions.LockError as exc:
+        raise Conflict("another submission is being recorded; try again") from exc
+    enqueue(state, record)
+    state.signal("import_queued", record)
+    return record
+
+
+def _editable_project(state: InboxState, user: InboxUser, project_id: str) -> ProjectSettings:
+    project = state.projects.get_project(project_id)
+    if project is None:
+        raise BadRequest(
+            f"no project with the ID {project_id!r}", errors={"PROJECT_ID": ["unknown project"]}
+        )
+    if not state.projects.can_edit(user, project_id):
+        raise Forbidden(
+            f"user {user.username!r} cannot edit the destination project {project_id!r}",
+            errors={"PROJECT_ID": [f"no edit right on project {project_id}"]},
+        )
+    return project
+
+
+def choose_destination(params: ImportParameters, project: ProjectSettings) -> Destination:
+    """``dest`` first, then ``AA``/``auto-archive``, then the project's setting."""
+    if params.dest:
+        parts = [p for p in params.dest.split("/") if p]
+        if parts and parts[0] in ("prearchive", "archive") and (
+            len(parts) == 1 or (len(parts) == 3 and parts[1] == "projects")
+        ):
+            if len(parts) == 3 and parts[2] != project.id:
+                raise BadRequest(
+                    f"dest {params.dest!r} names another project than PROJECT_ID {project.id!r}",
+                    errors={"dest": ["project mismatch"]},
+                )
+            return "archive" if parts[0] == "archive" else "prearchive"
+        raise BadRequest(
+            f"dest must be /prearchive or /archive, got {params.dest!r}",
+            errors={"dest": ["must be /prearchive or /archive"]},
+        )
+    if params.auto_archive is not None:
+        return "archive" if params.auto_archive else "prearchive"
+    return "archive" if project.auto_archive else "prearchive"
+
+
+def _recorded_parameters(params: ImportParameters, cleanup: bool, path: str) -> dict[str, str]:
+    recorded = {k: v for k, v in params.raw.items()}
+    recorded["cleanupAfterImport"] = "true" if cleanup else "false"
+    recorded.setdefault("overrideExceptions", "false")
+    recorded.setdefault("allowSessionMerge", "false")
+    recorded.setdefault("path", path)
+    return recorded
+
+
+def _refuse_overlap(state: InboxState, session_path: str) -> None:
+    """409 when an unfinished request covers this folder, a folder inside it or around it."""
+    for other in state.store.active():
+        a, b = other.session_path, session_path
+        if os.path.commonpath([a, b]) in (a, b):
+            raise Conflict(
+                f"request {other.id} ({other.status}) is already importing this folder or one "
+                "that overlaps it",
+                errors={"path": [f"overlaps unfinished request {other.id}"]},
+            )
+
+
+def job_timeout(state: InboxState, record: ImportRequest) -> int:
+    """The base timeout plus time per counted file: a big request gets a big timeout."""
+    files = int(record.options.get("fileCount") or 0)
+    return int(state.config.job_timeout + files * state.config.job_timeout_per_file)
+
+
+def enqueue(state: InboxState, record: ImportRequest) -> Job:
+    """Put the request's job on the queue (a retry reuses the same job id)."""
+    return state.queue.enqueue_call(
+        func=run_import,
+        args=(record.id,),
+        job_id=job_id_for(record.id),
+        description=f"DICOM inbox import request {record.id}",
+        timeout=job_timeout(state, record),
+        result_ttl=24 * 3600,
+        failure_ttl=7 * 24 * 3600,
+        meta={"request_id": record.id},
+    )
+
+
+def execute_import(state: InboxState, request_id: int, job: Job | None) -> str:
+    """The job body: status changes around the engine; every failure lands in the record."""
+    record = state.store.get(request_id)
+    if record is None:
+        log.error("dicom-inbox: request %s has no record; nothing to do", request_id)
+        return FAILED
+    if record.finished:
+        return record.status
+    lock = state.redis.lock(
+        f"{state.config.key_prefix}request:{request_id}:lock",
+        timeout=job_timeout(state, record) + 120,
+        blocking_timeout=0,
+    )
+    if not lock.acquire(blocking=False):
+        log.warning("dicom-inbox: request %s is locked by another worker", request_id)
+        return record.status
+    try:
+        return _execute_locked(state, record, job)
+    finally:
+        try:
+            lock.release()
+        except redis.exceptions.LockError:
+            log.warning("dicom-inbox: lock of request %s expired before release", request_id)
+
+
+def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -> str:
+    store = state.store
+    rid = record.id
+    if record.status == QUEUED:
+        store.set_status(rid, ACCEPTED, "a worker took the request")
+    store.set_status(rid, IMPORTING, "importing")
+    state.signal("import_started", record)
+
+    def on_progress(totals: dict[str, int]) -> None:
+        if job is not None:
+            job.meta["request_id"] = rid
+            job.meta["progress"] = totals
+            job.save_meta()
+
+    try:
+        handler = state.registry.get(record.handler)
+        project = state.projects.get_project(record.project_id)
+        if project is None:
+            raise ImportFailed(f"project {record.project_id!r} no longer exists")
+        options = _engine_options(state, record)
+        steps = state.anonymization_steps(record)
+        engine = ImportEngine(
+            request=record,
+            store=store,
+            storage=state.storage,
+            options=options,
+            anonymization=steps,
+            on_progress=on_progress,
+        )
+        with handler.open_source(record, state.config) as root:
+            sessions = engine.run(root)
+    except (ImportFailed, DicomInboxError) as exc:
+        return _fail(state, rid, exc.message)
+    except JobTimeoutException:
+        _fail(state, rid, f"the import timed out after {job_timeout(state, record)} s")
+        raise
+    except Exception as exc:
+        log.exception("dicom-inbox: request %s failed", rid)
+        return _fail(state, rid, f"internal error: {type(exc).__name__}: {exc}")
+    resolution = sessions[0]["url"] if len(sessions) == 1 else _common_resolution(state, record)
+    store.set_result(rid, sessions=sessions, resolution=resolution)
+    files = sum(int(s["files"]) for s in sessions)
+    store.set_status(rid, COMPLETED, f"{files} file(s) imported into {len(sessions)} session(s)")
+    state.signal("import_finished", store.get(rid))
+    return COMPLETED
+
+
+def _fail(state: InboxState, request_id: int, message: str) -> str:
+    current = state.store.get(request_id)
+    if current is not None and not current.finished:
+        state.store.set_status(request_id, FAILED, message)
+    state.signal("import_finished", state.store.get(request_id))
+    return FAILED
+
+
+def _common_resolution(state: InboxState, record: ImportRequest) -> str:
+    dest = record.options.get("destination", "prearchive")
+    return f"/{dest}/projects/{record.project_id}"
+
+
+def _engine_options(state: InboxState, record: ImportRequest) -> ImportOptions:
+    p = record.parameters
+
+    def flag(name: str) -> bool:
+        return p.get(name, "").strip().lower() in {"true", "1", "yes", "on"}
+
+    expt_label = p.get("EXPT_LABEL") or p.get("session") or None
+    inbox_project_folder = os.path.join(str(state.config.inbox_path), "")
+    keep_root = os.path.dirname(record.session_path.rstrip("/")) + "/" == inbox_project_folder
+    return ImportOptions(
+        project_id=record.project_id,
+        subject_id=p.get("SUBJECT_ID") or None,
+        expt_label=expt_label,
+        destination=record.options.get("destination", "prearchive"),
+        overwrite=p.get("overwrite", "none") or "none",
+        rename=flag("rename"),
+        cleanup=record.cleanup_after_import,
+        keep_root=keep_root or record.session_path.rstrip("/") == str(state.config.inbox_path),
+        max_inflated_bytes=state.config.max_inflated_bytes,
+        progress_every=state.config.progress_every,
+    )

@@ -1,0 +1,185 @@
+"""The default filesystem storage with XNAT's layout, and the durable file operations.
+
+Every file lands through a temporary name in its destination folder, is fsync'd, renamed into
+place and its folder fsync'd: a crash leaves either no file or the whole file, never a part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from .protocols import Destination
+
+#: Prefix of temporary files; anything with it in a destination is an unfinished write.
+TEMP_PREFIX = ".dicom-inbox-tmp-"
+
+_UNSAFE_NAME = re.compile(r"[^\w.-]", re.ASCII)
+
+
+class FilesystemStorage:
+    """Prearchive and archive folders laid out as XNAT lays them out.
+
+    - prearchive: ``<prearchive>/<P>/<yyyyMMdd_HHmmssSSS>/<label>/SCANS/<scan>/DICOM/<file>``
+    - archive: ``<archive>/<P>/arc001/<label>/SCANS/<scan>/DICOM/<file>``
+    """
+
+    def __init__(self, prearchive_root: Path | str, archive_root: Path | str) -> None:
+        self.prearchive_root = Path(prearchive_root)
+        self.archive_root = Path(archive_root)
+
+    def session_folder(
+        self, destination: Destination, project_id: str, label: str, timestamp: str
+    ) -> Path:
+        if destination == "archive":
+            return self.archive_root / project_id / "arc001" / label
+        return self.prearchive_root / project_id / timestamp / label
+
+    def session_url(
+        self, destination: Destination, project_id: str, subject: str, label: str, timestamp: str
+    ) -> str:
+        if destination == "archive":
+            return f"/archive/projects/{project_id}/subjects/{subject}/experiments/{label}"
+        return f"/prearchive/projects/{project_id}/{timestamp}/{label}"
+
+    def session_exists(self, destination: Destination, project_id: str, label: str) -> bool:
+        if destination == "archive":
+            return (self.archive_root / project_id / "arc001" / label).exists()
+        root = self.prearchive_root / project_id
+        if not root.is_dir():
+            return False
+        return any((ts / label).exists() for ts in root.iterdir() if ts.is_dir())
+
+
+def safe_file_name(name: str) -> str:
+    """A file name with every character outside ``[A-Za-z0-9_.-]`` replaced by ``_``.
+
+    Names made only of dots (``.``, ``..``) are replaced too, so the result is never a path.
+    """
+    cleaned = _UNSAFE_NAME.sub("_", name)
+    if not cleaned.strip("."):
+        cleaned = "_" * max(1, len(cleaned))
+    if cleaned.startswith(TEMP_PREFIX):
+        cleaned = "_" + cleaned
+    return cleaned[:200]
+
+
+def safe_path_component(value: str, fallback: str) -> str:
+    """A folder name for a header value (scan numbers): only ``[A-Za-z0-9_-]``, never empty."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", value.strip())[:64]
+    return cleaned or fallback
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p`` returning the folders it created (outermost first), for fsync and undo."""
+    created: list[Path] = []
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for folder in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir()
+            created.append(folder)
+    return created
+
+
+def _temp_name(folder: Path) -> Path:
+    return folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+
+
+def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> int:
+    """Write ``target`` through a temporary file: write, fsync, rename, fsync the folder.
+
+    Refuses to replace an existing file (``FileExistsError``). Returns the bytes written. The
+    temporary file is removed on any error, including a job timeout raised mid-write.
+    """
+    tmp = _temp_name(target.parent)
+    try:
+        with open(tmp, "xb") as out:
+            write(out)
+            out.flush()
+            os.fsync(out.fileno())
+            size = out.tell()
+        _link_no_replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fsync_dir(target.parent)
+    return size
+
+
+def copy_atomically(source: Path, target: Path) -> int:
+    """Copy ``source`` to ``target`` durably (``sendfile`` where Linux offers it)."""
+
+    def _copy(out: BinaryIO) -> None:
+        with open(source, "rb", opener=_open_nofollow) as src:
+            shutil.copyfileobj(src, out, 1024 * 1024)
+
+    return write_atomically(target, _copy)
+
+
+def move_atomically(source: Path, target: Path) -> bool:
+    """Move ``source`` to ``target`` by rename when both are on one filesystem.
+
+    Returns ``False`` (and does nothing) when a rename cannot work (another filesystem), so the
+    caller copies, fsyncs and deletes instead. Never replaces an existing ``target``.
+    """
+    try:
+        os.link(source, target, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            return False
+        raise
+    fsync_dir(target.parent)
+    os.unlink(source)
+    fsync_dir(source.parent)
+    return True
+
+
+def _link_no_replace(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` to ``target`` unless ``target`` exists (``FileExistsError`` then)."""
+    try:
+        os.link(tmp, target)
+    except OSError as exc:
+        if exc.errno == errno.EEXIST:
+            raise
+        # Filesystems without hard links: check, then rename (a tiny race we accept there).
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from exc
+        os.rename(tmp, target)
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Delete leftover temporary files under ``folder`` (after a crash); return how many."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
