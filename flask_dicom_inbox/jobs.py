@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
 
 from flask import Flask
@@ -39,6 +40,10 @@ def run_import(request_id: int) -> str:
     return execute_import(current_state(), int(request_id), get_current_job())
 
 
-def job_id_for(request_id: int) -> str:
-    """RQ job ids may not hold ':', '/' or spaces; ours hold only the number."""
-    return f"dicom-inbox-import-{int(request_id)}"
+def job_id_for(key_prefix: str, request_id: int) -> str:
+    """The RQ job id of a request: unique per key prefix, so apps sharing a Redis never clash.
+
+    RQ job ids may not hold ':', '/' or spaces, so the prefix is reduced to ``[A-Za-z0-9_-]``.
+    """
+    namespace = re.sub(r"[^A-Za-z0-9_-]", "-", key_prefix).strip("-") or "dicom-inbox"
+    return f"{namespace}-import-{int(request_id)}"

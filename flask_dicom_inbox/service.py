@@ -148,7 +148,7 @@ def enqueue(state: InboxState, record: ImportRequest) -> Job:
     return state.queue.enqueue_call(
         func=run_import,
         args=(record.id,),
-        job_id=job_id_for(record.id),
+        job_id=job_id_for(state.config.key_prefix, record.id),
         description=f"DICOM inbox import request {record.id}",
         timeout=job_timeout(state, record),
         result_ttl=24 * 3600,

@@ -1,0 +1,146 @@
+"""Fixtures: the example app on a temporary folder, a real Redis with a per-test key prefix and
+queue, real users and projects, and a real RQ worker run in-process (``SimpleWorker``)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from rq import SimpleWorker
+
+from example_app import create_app
+from example_app.host import SqliteProjects, SqliteUsers
+from flask_dicom_inbox import DicomInbox, InboxState
+
+REDIS_URL = os.environ.get("DICOM_INBOX_TEST_REDIS_URL") or os.environ.get(
+    "DICOM_INBOX_REDIS_URL", "redis://127.0.0.1:6379/0"
+)
+
+PASSWORDS = {
+    "admin": "admin-pw",
+    "owner": "owner-pw",
+    "member": "member-pw",
+    "collab": "collab-pw",
+    "outsider": "outsider-pw",
+}
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    conn = redis.Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except redis.exceptions.ConnectionError as exc:  # pragma: no cover - environment fault
+        pytest.fail(f"the tests need a Redis at {REDIS_URL} (make test starts one): {exc}")
+    return REDIS_URL
+
+
+def _delete_keys(conn: redis.Redis, pattern: str) -> None:
+    keys = list(conn.scan_iter(match=pattern, count=1000))
+    if keys:
+        conn.delete(*keys)
+
+
+@pytest.fixture
+def app_config(tmp_path: Path, redis_url: str) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:10]
+    return {
+        "TESTING": True,
+        "DATABASE": str(tmp_path / "example.sqlite"),
+        "DICOM_INBOX_PATH": str(tmp_path / "inbox"),
+        "DICOM_INBOX_PREARCHIVE_PATH": str(tmp_path / "prearchive"),
+        "DICOM_INBOX_ARCHIVE_PATH": str(tmp_path / "archive"),
+        "DICOM_INBOX_REDIS_URL": redis_url,
+        "DICOM_INBOX_KEY_PREFIX": f"dicom-inbox-test-{tag}:",
+        "DICOM_INBOX_QUEUE": f"dicom-inbox-test-{tag}",
+        "DICOM_INBOX_PROGRESS_EVERY": 5,
+    }
+
+
+@pytest.fixture
+def app(app_config: dict[str, Any]) -> Iterator[Flask]:
+    """The example app with users admin, owner, member, collab, outsider and two projects.
+
+    ``test_proj`` (prearchive; owner owns it, member edits, collab reads) and ``auto_proj``
+    (auto-archive, owned by owner); ``other_proj`` is owned by outsider.
+    """
+    application = create_app(app_config)
+    users = SqliteUsers(application)
+    projects = SqliteProjects(application)
+    for name, password in PASSWORDS.items():
+        users.create(name, password, admin=(name == "admin"))
+    projects.create("test_proj", "owner")
+    projects.add_member("test_proj", "member", "member")
+    projects.add_member("test_proj", "collab", "collaborator")
+    projects.create("auto_proj", "owner", auto_archive=True)
+    projects.create("other_proj", "outsider")
+    for project in ("test_proj", "auto_proj", "other_proj"):
+        (Path(app_config["DICOM_INBOX_PATH"]) / project).mkdir(parents=True, exist_ok=True)
+    yield application
+    state = DicomInbox.state(application)
+    _delete_keys(state.redis, f"{state.config.key_prefix}*")
+    _delete_keys(state.redis, f"rq:*{state.config.queue}*")
+    _delete_keys(state.redis, "rq:job:" + state.config.key_prefix.rstrip(":") + "-import-*")
+    state.redis.close()
+
+
+@pytest.fixture
+def state(app: Flask) -> InboxState:
+    return DicomInbox.state(app)
+
+
+@pytest.fixture
+def inbox(state: InboxState) -> Path:
+    return state.config.inbox_path
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def auth(user: str = "admin", password: str | None = None) -> dict[str, str]:
+    """A basic-auth header for one of the fixture users."""
+    secret = PASSWORDS[user] if password is None else password
+    token = base64.b64encode(f"{user}:{secret}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def run_worker(app: Flask) -> int:
+    """Run every queued job in-process with a real RQ worker; return how many ran."""
+    state = DicomInbox.state(app)
+    worker = SimpleWorker([state.queue], connection=state.redis, job_class=state.job_class)
+    before = len(state.queue)
+    worker.work(burst=True)
+    return before
+
+
+def submit(
+    client: FlaskClient, user: str = "admin", password: str | None = None, **params: Any
+) -> Any:
+    """POST /data/services/import with ``params`` in the query string."""
+    query = {"import-handler": "inbox", **{k: str(v) for k, v in params.items()}}
+    for key in [k for k, v in query.items() if v == "None"]:
+        query.pop(key)
+    return client.post("/data/services/import", query_string=query, headers=auth(user, password))
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` with its bytes: compare before and after to prove no change."""
+    out: dict[str, bytes] = {}
+    if not root.exists():
+        return out
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            out[str(path.relative_to(root))] = path.read_bytes()
+        elif path.is_dir():
+            out[str(path.relative_to(root)) + "/"] = b""
+    return out
