@@ -7,8 +7,11 @@ sees them, because pydicom inflates the whole file into memory even for a header
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -60,12 +63,22 @@ def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
             _check_inflated_size(fp, max_inflated_bytes)
         fp.seek(0)
         try:
-            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+            with _quiet():
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
         except (zlib.error, NotImplementedError, AttributeError, IndexError) as exc:
             raise NotImportable(f"unreadable DICOM file ({_short(exc)})") from exc
-        return _header_from(ds)
+        with _quiet():
+            return _header_from(ds)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """pydicom warns about quirks of real-world files it reads anyway; they are not faults."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _header_from(ds: Dataset) -> DicomHeader:
@@ -158,7 +171,8 @@ def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
 
 def read_full(path: Path) -> FileDataset:
     """A full read (pixel data included) for rewriting; the only read that may be saved."""
-    return pydicom.dcmread(path, force=True)
+    with _quiet():
+        return pydicom.dcmread(path, force=True)
 
 
 def write_dataset(ds: FileDataset, out: BinaryIO) -> None:
