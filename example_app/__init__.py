@@ -30,7 +30,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     DicomInbox(app, users=SqliteUsers(app), projects=SqliteProjects(app))
     state = DicomInbox.state(app)
-    for folder in (state.config.inbox_path, state.config.prearchive_path, state.config.archive_path):
+    for folder in (
+        state.config.inbox_path,
+        state.config.prearchive_path,
+        state.config.archive_path,
+    ):
         folder.mkdir(parents=True, exist_ok=True)
     app.cli.add_command(users_cli)
     app.cli.add_command(projects_cli)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from flask import Blueprint, Response, jsonify, request
@@ -14,10 +14,13 @@ from .errors import DicomInboxError, NotFound, ServiceUnavailable
 from .requests import ImportRequest
 from .schemas import ImportRequestSchema
 
+if TYPE_CHECKING:
+    from .extension import InboxState
+
 _status_schema = ImportRequestSchema()
 
 
-def _state() -> Any:
+def _state() -> InboxState:
     from .extension import current_state
 
     return current_state()
@@ -28,7 +31,7 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
     bp = Blueprint("dicom_inbox", __name__)
 
     @bp.before_request
-    @auth.login_required
+    @auth.login_required  # type: ignore[untyped-decorator]
     def _gate() -> None:
         return None
 
@@ -94,4 +97,4 @@ def _visible(request_id: int) -> ImportRequest:
 def _visible_list(*, active_only: bool) -> list[ImportRequest]:
     user = current_user()
     username = None if user.is_admin else user.username
-    return _state().store.list(username=username, active_only=active_only)  # type: ignore[no-any-return]
+    return _state().store.list_requests(username=username, active_only=active_only)

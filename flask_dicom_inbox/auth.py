@@ -24,14 +24,14 @@ def build_basic_auth(realm: str = "XNAT") -> HTTPBasicAuth:
     """One HTTPBasicAuth per extension instance; its callbacks read the current app's host."""
     auth = HTTPBasicAuth(realm=realm)
 
-    @auth.verify_password
+    @auth.verify_password  # type: ignore[untyped-decorator]
     def verify_password(username: str, password: str) -> InboxUser | None:
         # Flask-HTTPAuth calls this with empty strings when no header was sent.
         if not username or not password:
             return None
         return _state().users.authenticate(username, password)
 
-    @auth.error_handler
+    @auth.error_handler  # type: ignore[untyped-decorator]
     def auth_error(status: int) -> Response:
         if request.authorization is None:
             err = Unauthorized("authentication required: send HTTP basic auth credentials")

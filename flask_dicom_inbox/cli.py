@@ -20,9 +20,7 @@ def worker_command(burst: bool, simple: bool, with_scheduler: bool) -> None:
     """Start an RQ worker for the import queue, bound to this app."""
     state = current_state()
     worker_class = SimpleWorker if simple else Worker
-    worker = worker_class(
-        [state.queue], connection=state.redis, job_class=state.job_class
-    )
+    worker = worker_class([state.queue], connection=state.redis, job_class=state.job_class)
     current_app.logger.info("dicom-inbox worker on queue %s", state.queue.name)
     worker.work(burst=burst, with_scheduler=with_scheduler)
 

@@ -386,8 +386,8 @@ class ImportEngine:
 
     def _file_name(self, sf: ScannedFile, used: set[str]) -> str:
         assert sf.header is not None
-        name = template_file_name(sf.header) if self.options.rename else safe_file_name(
-            sf.path.name
+        name = (
+            template_file_name(sf.header) if self.options.rename else safe_file_name(sf.path.name)
         )
         if name in used:
             name = template_file_name(sf.header)

@@ -100,7 +100,8 @@ class RequestStore:
     """Reads and writes :class:`ImportRequest` records under one key prefix."""
 
     def __init__(self, connection: redis.Redis, prefix: str) -> None:
-        self.redis = connection
+        # redis-py's return types are unions of bytes/str/awaitables; we read bytes only.
+        self.redis: Any = connection
         self.prefix = prefix
 
     # -- keys -------------------------------------------------------------------------------
@@ -178,7 +179,9 @@ class RequestStore:
         return self._from_raw(raw, errors, history)
 
     @staticmethod
-    def _from_raw(raw: dict[bytes, bytes], errors: list[bytes], history: list[bytes]) -> ImportRequest:
+    def _from_raw(
+        raw: dict[bytes, bytes], errors: list[bytes], history: list[bytes]
+    ) -> ImportRequest:
         def text(name: str) -> str:
             return raw.get(name.encode(), b"").decode()
 
@@ -212,7 +215,9 @@ class RequestStore:
             ids = [i for i in ids if i in active]
         return ids
 
-    def list(self, *, username: str | None = None, active_only: bool = False) -> list[ImportRequest]:
+    def list_requests(
+        self, *, username: str | None = None, active_only: bool = False
+    ) -> list[ImportRequest]:
         found = (self.get(i) for i in self.ids(username=username, active_only=active_only))
         return [r for r in found if r is not None]
 

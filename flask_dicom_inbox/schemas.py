@@ -90,7 +90,7 @@ def load_import_parameters(raw: Mapping[str, str]) -> ImportParameters:
     try:
         loaded = ImportParametersSchema().load(dict(raw))
     except ValidationError as exc:
-        messages = exc.normalized_messages()
+        messages: dict[str, Any] = exc.normalized_messages()  # type: ignore[no-untyped-call]
         detail = "; ".join(
             f"{name}: {' '.join(map(str, msgs)) if isinstance(msgs, list) else msgs}"
             for name, msgs in sorted(messages.items())
@@ -101,17 +101,17 @@ def load_import_parameters(raw: Mapping[str, str]) -> ImportParameters:
 
 
 class ProgressSchema(Schema):
-    filesFound = fields.Integer()  # noqa: N815 - wire names are XNAT's camelCase
-    filesDone = fields.Integer()  # noqa: N815
-    filesImported = fields.Integer()  # noqa: N815
-    filesSkipped = fields.Integer()  # noqa: N815
-    bytesDone = fields.Integer()  # noqa: N815
+    filesFound = fields.Integer()
+    filesDone = fields.Integer()
+    filesImported = fields.Integer()
+    filesSkipped = fields.Integer()
+    bytesDone = fields.Integer()
 
 
 class SessionSchema(Schema):
     label = fields.String()
     subject = fields.String()
-    studyInstanceUid = fields.String()  # noqa: N815
+    studyInstanceUid = fields.String()
     destination = fields.String()
     url = fields.String()
     scans = fields.Integer()
@@ -137,12 +137,12 @@ class ImportRequestSchema(Schema):
     created = fields.Integer(metadata={"description": "epoch milliseconds"})
     timestamp = fields.Integer(metadata={"description": "epoch milliseconds of the last change"})
     username = fields.String()
-    sessionPath = fields.String()  # noqa: N815
+    sessionPath = fields.String()
     status = fields.String(
         metadata={"enum": ["Queued", "Accepted", "Importing", "Processed", "Completed", "Failed"]}
     )
-    cleanupAfterImport = fields.Boolean()  # noqa: N815
-    clenaupAfterImport = fields.Boolean(  # noqa: N815
+    cleanupAfterImport = fields.Boolean()
+    clenaupAfterImport = fields.Boolean(
         metadata={"description": "misspelled as the xnat client reads it"}
     )
     resolution = fields.String()

@@ -62,7 +62,9 @@ def submit_import(state: InboxState, user: InboxUser, raw: Mapping[str, str]) ->
         options["fileCount"] = prepared.file_count
         options["byteCount"] = prepared.byte_count
     try:
-        with state.redis.lock(f"{state.config.key_prefix}submit-lock", timeout=30, blocking_timeout=10):
+        with state.redis.lock(
+            f"{state.config.key_prefix}submit-lock", timeout=30, blocking_timeout=10
+        ):
             _refuse_overlap(state, prepared.session_path)
             record = state.store.create(
                 username=user.username,
@@ -98,8 +100,10 @@ def choose_destination(params: ImportParameters, project: ProjectSettings) -> De
     """``dest`` first, then ``AA``/``auto-archive``, then the project's setting."""
     if params.dest:
         parts = [p for p in params.dest.split("/") if p]
-        if parts and parts[0] in ("prearchive", "archive") and (
-            len(parts) == 1 or (len(parts) == 3 and parts[1] == "projects")
+        if (
+            parts
+            and parts[0] in ("prearchive", "archive")
+            and (len(parts) == 1 or (len(parts) == 3 and parts[1] == "projects"))
         ):
             if len(parts) == 3 and parts[2] != project.id:
                 raise BadRequest(
@@ -194,7 +198,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
         if job is not None:
             job.meta["request_id"] = rid
             job.meta["progress"] = totals
-            job.save_meta()
+            job.save_meta()  # type: ignore[no-untyped-call]
 
     try:
         handler = state.registry.get(record.handler)

@@ -5,7 +5,7 @@ Each is sent with the app as sender and ``request=`` the :class:`~.requests.Impo
 
 from __future__ import annotations
 
-from flask.signals import Namespace
+from blinker import Namespace
 
 _signals = Namespace()
 

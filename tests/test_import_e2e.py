@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pydicom
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from pydicom.data import get_testdata_file
@@ -23,10 +22,21 @@ from flask_dicom_inbox import InboxState
 from .conftest import auth, run_worker, submit, tree
 
 STATUS_FIELDS = {
-    "id", "enabled", "created", "timestamp", "username", "sessionPath", "status",
-    "cleanupAfterImport", "clenaupAfterImport", "resolution", "parameters", "progress",
-    "sessions", "errors",
-}  # fmt: skip
+    "id",
+    "enabled",
+    "created",
+    "timestamp",
+    "username",
+    "sessionPath",
+    "status",
+    "cleanupAfterImport",
+    "clenaupAfterImport",
+    "resolution",
+    "parameters",
+    "progress",
+    "sessions",
+    "errors",
+}
 PROGRESS_FIELDS = {"filesFound", "filesDone", "filesImported", "filesSkipped", "bytesDone"}
 SESSION_FIELDS = {"label", "subject", "studyInstanceUid", "destination", "url", "scans", "files"}
 
@@ -50,13 +60,21 @@ def _pixels(path: Path) -> bytes:
     return pydicom.dcmread(path).PixelData  # type: ignore[no-any-return]
 
 
-def test_seed_request_imports_into_prearchive(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_seed_request_imports_into_prearchive(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     session = inbox / "test_proj" / "b" / "c"
     generated = write_session(session, series=2, files_per_series=4)
     rid = _request_id(
-        submit(client, cleanupAfterImport="false", PROJECT_ID="test_proj",
-               SUBJECT_ID="test_subj", EXPT_LABEL="test_exp", path=str(session))
-    )  # fmt: skip
+        submit(
+            client,
+            cleanupAfterImport="false",
+            PROJECT_ID="test_proj",
+            SUBJECT_ID="test_subj",
+            EXPT_LABEL="test_exp",
+            path=str(session),
+        )
+    )
     queued = _status(client, rid)
     assert queued["status"] == "Queued"
     assert run_worker(app) == 1
@@ -80,14 +98,25 @@ def test_seed_request_imports_into_prearchive(app: Flask, client: FlaskClient, i
     assert status["progress"]["filesImported"] == 8
     assert status["progress"]["filesSkipped"] == 0
     assert status["progress"]["bytesDone"] >= sum(p.stat().st_size for p in generated.files)
-    assert [h["status"] for h in status["history"]] == ["Queued", "Accepted", "Importing", "Completed"]
+    assert [h["status"] for h in status["history"]] == [
+        "Queued",
+        "Accepted",
+        "Importing",
+        "Completed",
+    ]
     assert status["errors"] == []
     [sess] = status["sessions"]
     assert SESSION_FIELDS == sess.keys()
-    assert (sess["label"], sess["subject"], sess["destination"]) == ("test_exp", "test_subj", "prearchive")
+    assert (sess["label"], sess["subject"], sess["destination"]) == (
+        "test_exp",
+        "test_subj",
+        "prearchive",
+    )
     assert sess["studyInstanceUid"] == generated.study_instance_uid
     assert (sess["scans"], sess["files"]) == (2, 8)
-    match = re.fullmatch(r"/prearchive/projects/test_proj/(\d{8}_\d{9})/test_exp", status["resolution"])
+    match = re.fullmatch(
+        r"/prearchive/projects/test_proj/(\d{8}_\d{9})/test_exp", status["resolution"]
+    )
     assert match, status["resolution"]
     assert sess["url"] == status["resolution"]
     session_dir = state.config.prearchive_path / "test_proj" / match.group(1) / "test_exp"
@@ -103,10 +132,14 @@ def test_seed_request_imports_into_prearchive(app: Flask, client: FlaskClient, i
     assert not list(state.config.prearchive_path.rglob(".dicom-inbox-tmp-*"))
 
 
-def test_auto_archive_project_imports_into_archive(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_auto_archive_project_imports_into_archive(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     session = inbox / "auto_proj" / "visit1"
     generated = write_session(session, series=1, files_per_series=3)
-    rid = _request_id(submit(client, PROJECT_ID="auto_proj", SUBJECT_ID="s1", EXPT_LABEL="e1", path=str(session)))
+    rid = _request_id(
+        submit(client, PROJECT_ID="auto_proj", SUBJECT_ID="s1", EXPT_LABEL="e1", path=str(session))
+    )
     run_worker(app)
     status = _status(client, rid)
     assert status["status"] == "Completed", status
@@ -116,27 +149,45 @@ def test_auto_archive_project_imports_into_archive(app: Flask, client: FlaskClie
     assert sorted(p.name for p in scan_dir.iterdir()) == sorted(p.name for p in generated.files)
     assert not (state.config.prearchive_path / "auto_proj").exists()
     # The label now exists in the archive: a second import with overwrite=none is refused.
-    again = submit(client, PROJECT_ID="auto_proj", SUBJECT_ID="s1", EXPT_LABEL="e1", path=str(session))
+    again = submit(
+        client, PROJECT_ID="auto_proj", SUBJECT_ID="s1", EXPT_LABEL="e1", path=str(session)
+    )
     assert again.status_code == 409
     assert "already holds session 'e1'" in again.get_json()["message"]
 
 
-def test_aa_parameter_overrides_project_setting(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_aa_parameter_overrides_project_setting(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     session = inbox / "test_proj" / "aa"
     write_session(session, series=1, files_per_series=2)
-    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="aa1", AA="true", path=str(session)))
+    rid = _request_id(
+        submit(client, PROJECT_ID="test_proj", EXPT_LABEL="aa1", AA="true", path=str(session))
+    )
     run_worker(app)
     status = _status(client, rid)
     assert status["status"] == "Completed"
-    assert (state.config.archive_path / "test_proj" / "arc001" / "aa1" / "SCANS" / "1" / "DICOM").is_dir()
+    assert (
+        state.config.archive_path / "test_proj" / "arc001" / "aa1" / "SCANS" / "1" / "DICOM"
+    ).is_dir()
 
 
-def test_cleanup_removes_imported_sources_and_keeps_other_files(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_cleanup_removes_imported_sources_and_keeps_other_files(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     session = inbox / "test_proj" / "cleanme"
     generated = write_session(session, series=2, files_per_series=3)
     (session / "series001" / "notes.txt").write_text("scanner notes, not DICOM")
     originals = {p.name: _pixels(p) for p in generated.files}
-    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="clean1", cleanupAfterImport="true", path=str(session)))
+    rid = _request_id(
+        submit(
+            client,
+            PROJECT_ID="test_proj",
+            EXPT_LABEL="clean1",
+            cleanupAfterImport="true",
+            path=str(session),
+        )
+    )
     run_worker(app)
     status = _status(client, rid)
     assert status["status"] == "Completed", status
@@ -150,7 +201,9 @@ def test_cleanup_removes_imported_sources_and_keeps_other_files(app: Flask, clie
     assert imported == originals
 
 
-def test_several_studies_without_label_make_several_sessions(app: Flask, client: FlaskClient, inbox: Path) -> None:
+def test_several_studies_without_label_make_several_sessions(
+    app: Flask, client: FlaskClient, inbox: Path
+) -> None:
     folder = inbox / "test_proj" / "multi"
     a = write_session(folder / "a", series=1, files_per_series=2, seed=1, patient_id="PA")
     b = write_session(folder / "b", series=2, files_per_series=2, seed=2, patient_id="PB")
@@ -165,12 +218,22 @@ def test_several_studies_without_label_make_several_sessions(app: Flask, client:
     assert by_uid[b.study_instance_uid]["scans"] == 2
 
 
-def test_several_studies_with_label_fail_and_write_nothing(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_several_studies_with_label_fail_and_write_nothing(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     folder = inbox / "test_proj" / "multi2"
     write_session(folder / "a", series=1, files_per_series=2, seed=3)
     write_session(folder / "b", series=1, files_per_series=2, seed=4)
     before = tree(folder)
-    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="one", cleanupAfterImport="true", path=str(folder)))
+    rid = _request_id(
+        submit(
+            client,
+            PROJECT_ID="test_proj",
+            EXPT_LABEL="one",
+            cleanupAfterImport="true",
+            path=str(folder),
+        )
+    )
     run_worker(app)
     status = _status(client, rid)
     assert status["status"] == "Failed"
@@ -180,7 +243,9 @@ def test_several_studies_with_label_fail_and_write_nothing(app: Flask, client: F
     assert tree(folder) == before
 
 
-def test_series_sharing_a_number_get_distinct_scan_folders(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_series_sharing_a_number_get_distinct_scan_folders(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     folder = inbox / "test_proj" / "samenum"
     first = write_session(folder / "x", series=1, files_per_series=2, seed=5)
     # Same study, another series that also calls itself number 1.
@@ -198,7 +263,9 @@ def test_series_sharing_a_number_get_distinct_scan_folders(app: Flask, client: F
     assert scans == ["1", "1-2"]
 
 
-def test_duplicate_instances_are_kept_once_and_reported(app: Flask, client: FlaskClient, inbox: Path) -> None:
+def test_duplicate_instances_are_kept_once_and_reported(
+    app: Flask, client: FlaskClient, inbox: Path
+) -> None:
     folder = inbox / "test_proj" / "dups"
     generated = write_session(folder, series=1, files_per_series=2, nested=False)
     shutil.copy(generated.files[0], folder / "copy_of_first.dcm")
@@ -211,10 +278,14 @@ def test_duplicate_instances_are_kept_once_and_reported(app: Flask, client: Flas
     assert "duplicate SOPInstanceUID" in error["reason"]
 
 
-def test_rename_names_files_by_xnat_template(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_rename_names_files_by_xnat_template(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     folder = inbox / "test_proj" / "ren"
     generated = write_session(folder, series=1, files_per_series=2)
-    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="ren", rename="true", path=str(folder)))
+    rid = _request_id(
+        submit(client, PROJECT_ID="test_proj", EXPT_LABEL="ren", rename="true", path=str(folder))
+    )
     run_worker(app)
     assert _status(client, rid)["status"] == "Completed"
     names = sorted(p.name for p in state.config.prearchive_path.rglob("*.dcm"))
@@ -240,7 +311,9 @@ BUNDLED = {
 }
 
 
-def test_pydicom_real_world_files_in_one_folder(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_pydicom_real_world_files_in_one_folder(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     folder = inbox / "test_proj" / "realworld"
     folder.mkdir(parents=True)
     for name in BUNDLED:
@@ -262,9 +335,15 @@ def test_pydicom_real_world_files_in_one_folder(app: Flask, client: FlaskClient,
     for name in mr_variants[1:]:
         assert "duplicate SOPInstanceUID" in reasons[name]
     expected_imported = {
-        "MR_small_RLE.dcm", "image_dfl.dcm", "JPEG2000.dcm", "SC_rgb_jpeg_gdcm.dcm",
-        "emri_small.dcm", "ExplVR_BigEndNoMeta.dcm", "CT_small.dcm", "rtplan.dcm",
-    }  # fmt: skip
+        "MR_small_RLE.dcm",
+        "image_dfl.dcm",
+        "JPEG2000.dcm",
+        "SC_rgb_jpeg_gdcm.dcm",
+        "emri_small.dcm",
+        "ExplVR_BigEndNoMeta.dcm",
+        "CT_small.dcm",
+        "rtplan.dcm",
+    }
     assert reasons.keys().isdisjoint(expected_imported)
     written = {p.name: p for p in state.config.prearchive_path.rglob("*") if p.is_file()}
     assert expected_imported <= written.keys()
@@ -279,23 +358,33 @@ def test_pydicom_real_world_files_in_one_folder(app: Flask, client: FlaskClient,
     assert status["progress"]["filesDone"] == len(BUNDLED) + 1
 
 
-def test_real_forking_worker_started_by_the_flask_command(app: Flask, client: FlaskClient, inbox: Path, state: InboxState, app_config: dict) -> None:  # type: ignore[type-arg]
-    """``flask --app example_app dicom-inbox worker --burst`` in its own process, config from env."""
+def test_real_forking_worker_started_by_the_flask_command(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState, app_config: dict[str, object]
+) -> None:
+    """``flask --app example_app dicom-inbox worker --burst`` as its own process."""
     session = inbox / "test_proj" / "forked"
     write_session(session, series=1, files_per_series=3)
-    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="forked", path=str(session)))
+    rid = _request_id(
+        submit(client, PROJECT_ID="test_proj", EXPT_LABEL="forked", path=str(session))
+    )
     env = {**os.environ, **{f"FLASK_{k}": str(v) for k, v in app_config.items() if k != "TESTING"}}
     proc = subprocess.run(
         [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker", "--burst"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     status = _status(client, rid)
     assert status["status"] == "Completed", (status, proc.stderr[-2000:])
     assert status["sessions"][0]["files"] == 3
 
 
-def test_job_is_readable_in_rq_without_inbox_text(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_job_is_readable_in_rq_without_inbox_text(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     session = inbox / "test_proj" / "<script>alert(1)</script>"
     write_session(session, series=1, files_per_series=2, patient_name="Evil^<b>x</b>")
     rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="rq1", path=str(session)))
@@ -309,7 +398,9 @@ def test_job_is_readable_in_rq_without_inbox_text(app: Flask, client: FlaskClien
     assert "script" not in text and "Evil" not in text and "<" not in text
 
 
-def test_status_moves_through_importing_with_progress(app: Flask, client: FlaskClient, inbox: Path, state: InboxState) -> None:
+def test_status_moves_through_importing_with_progress(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
     """Watched from a second connection while the worker runs, the counts rise."""
     session = inbox / "test_proj" / "watch"
     write_session(session, series=4, files_per_series=60, rows=128, columns=128)

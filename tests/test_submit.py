@@ -35,7 +35,15 @@ def _snapshot(state: InboxState) -> dict[str, Any]:
     }
 
 
-def _refused(client: FlaskClient, state: InboxState, code: int, *, user: str = "admin", password: str | None = None, **params: Any) -> dict[str, Any]:  # fmt: skip
+def _refused(
+    client: FlaskClient,
+    state: InboxState,
+    code: int,
+    *,
+    user: str = "admin",
+    password: str | None = None,
+    **params: Any,
+) -> dict[str, Any]:
     before = _snapshot(state)
     response = submit(client, user=user, password=password, **params)
     assert response.status_code == code, response.get_data(as_text=True)
@@ -61,7 +69,9 @@ def test_no_credentials_is_401_with_challenge(client: FlaskClient, session: Path
     ("user", "password"),
     [("admin", "wrong"), ("nobody", "whatever"), ("admin", ""), ("", "admin-pw")],
 )
-def test_bad_credentials_are_401(client: FlaskClient, state: InboxState, session: Path, user: str, password: str) -> None:  # fmt: skip
+def test_bad_credentials_are_401(
+    client: FlaskClient, state: InboxState, session: Path, user: str, password: str
+) -> None:
     import base64
 
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -76,13 +86,17 @@ def test_bad_credentials_are_401(client: FlaskClient, state: InboxState, session
     assert _snapshot(state) == before
 
 
-def test_403_without_edit_right_on_destination_project(client: FlaskClient, state: InboxState, session: Path) -> None:  # fmt: skip
+def test_403_without_edit_right_on_destination_project(
+    client: FlaskClient, state: InboxState, session: Path
+) -> None:
     body = _refused(client, state, 403, user="collab", PROJECT_ID="test_proj", path=str(session))
     assert "cannot edit the destination project 'test_proj'" in body["message"]
     assert "PROJECT_ID" in body["errors"]
 
 
-def test_403_without_edit_right_on_the_inbox_folder_project(client: FlaskClient, state: InboxState, inbox: Path) -> None:  # fmt: skip
+def test_403_without_edit_right_on_the_inbox_folder_project(
+    client: FlaskClient, state: InboxState, inbox: Path
+) -> None:
     # outsider owns other_proj (destination) but cannot edit test_proj, whose folder holds the path.
     folder = inbox / "test_proj" / "theirs"
     write_session(folder, series=1, files_per_series=1)
@@ -91,10 +105,14 @@ def test_403_without_edit_right_on_the_inbox_folder_project(client: FlaskClient,
     assert "path" in body["errors"]
 
 
-def test_member_of_both_projects_may_import_across(client: FlaskClient, app: Flask, inbox: Path) -> None:
+def test_member_of_both_projects_may_import_across(
+    client: FlaskClient, app: Flask, inbox: Path
+) -> None:
     folder = inbox / "test_proj" / "across"
     write_session(folder, series=1, files_per_series=1)
-    response = submit(client, user="owner", PROJECT_ID="auto_proj", EXPT_LABEL="x1", path=str(folder))
+    response = submit(
+        client, user="owner", PROJECT_ID="auto_proj", EXPT_LABEL="x1", path=str(folder)
+    )
     assert response.status_code == 200
 
 
@@ -103,42 +121,79 @@ def test_member_of_both_projects_may_import_across(client: FlaskClient, app: Fla
     [
         ({"PROJECT_ID": "test_proj"}, "the path parameter is required"),
         ({"PROJECT_ID": "test_proj", "path": "relative/b/c"}, "path must be absolute"),
-        ({"PROJECT_ID": "test_proj", "path": "{inbox}/../outside"}, "is not inside a project folder"),
-        ({"PROJECT_ID": "test_proj", "path": "{inbox}2/test_proj/b/c"}, "is not inside a project folder"),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{inbox}/../outside"},
+            "is not inside a project folder",
+        ),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{inbox}2/test_proj/b/c"},
+            "is not inside a project folder",
+        ),
         ({"PROJECT_ID": "test_proj", "path": "{inbox}"}, "is not inside a project folder"),
         ({"PROJECT_ID": "test_proj", "path": "{inbox}/test_proj/missing"}, "does not exist"),
-        ({"PROJECT_ID": "test_proj", "path": "{inbox}/test_proj/b/c/series001/IM001_00001.dcm"}, "neither a folder nor a supported archive file"),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{inbox}/test_proj/b/c/series001/IM001_00001.dcm"},
+            "neither a folder nor a supported archive file",
+        ),
         ({"PROJECT_ID": "test_proj", "path": "{inbox}/test_proj/empty"}, "holds no files"),
-        ({"PROJECT_ID": "test_proj", "path": "{inbox}/nosuchproject/x"}, "does not belong to any project"),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{inbox}/nosuchproject/x"},
+            "does not belong to any project",
+        ),
         ({"PROJECT_ID": "test_proj", "path": "{session}", "SUBJECT_ID": "bad/label"}, "SUBJECT_ID"),
         ({"PROJECT_ID": "test_proj", "path": "{session}", "EXPT_LABEL": "x" * 65}, "EXPT_LABEL"),
         ({"PROJECT_ID": "test_proj", "path": "{session}", "EXPT_LABEL": "has space"}, "EXPT_LABEL"),
         ({"PROJECT_ID": "nosuch", "path": "{session}"}, "no project with the ID 'nosuch'"),
         ({"path": "{session}"}, "PROJECT_ID"),
-        ({"PROJECT_ID": "test_proj", "path": "{session}", "import-handler": "bogus"}, "unknown import-handler 'bogus'; registered handlers: inbox"),
-        ({"PROJECT_ID": "test_proj", "path": "{session}", "import-handler": ""}, "the import-handler parameter is required"),
-        ({"PROJECT_ID": "test_proj", "path": "{session}", "cleanupAfterImport": "maybe"}, "cleanupAfterImport"),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{session}", "import-handler": "bogus"},
+            "unknown import-handler 'bogus'; registered handlers: inbox",
+        ),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{session}", "import-handler": ""},
+            "the import-handler parameter is required",
+        ),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{session}", "cleanupAfterImport": "maybe"},
+            "cleanupAfterImport",
+        ),
         ({"PROJECT_ID": "test_proj", "path": "{session}", "overwrite": "always"}, "overwrite"),
-        ({"PROJECT_ID": "test_proj", "path": "{session}", "dest": "/elsewhere"}, "dest must be /prearchive or /archive"),
+        (
+            {"PROJECT_ID": "test_proj", "path": "{session}", "dest": "/elsewhere"},
+            "dest must be /prearchive or /archive",
+        ),
         ({"PROJECT_ID": "test_proj", "path": "{session}\x00x"}, "NUL byte"),
     ],
-)  # fmt: skip
-def test_400_for_each_cause(client: FlaskClient, state: InboxState, inbox: Path, session: Path, params: dict[str, str], fragment: str) -> None:  # fmt: skip
+)
+def test_400_for_each_cause(
+    client: FlaskClient,
+    state: InboxState,
+    inbox: Path,
+    session: Path,
+    params: dict[str, str],
+    fragment: str,
+) -> None:
     (inbox / "test_proj" / "empty").mkdir()
     filled = {k: v.format(inbox=inbox, session=session) for k, v in params.items()}
     body = _refused(client, state, 400, **filled)
     assert fragment in body["message"], body
 
 
-def test_400_for_a_symlink_pointing_out_of_the_inbox(client: FlaskClient, state: InboxState, inbox: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_400_for_a_symlink_pointing_out_of_the_inbox(
+    client: FlaskClient, state: InboxState, inbox: Path, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     write_session(outside, series=1, files_per_series=1)
     os.symlink(outside, inbox / "test_proj" / "link")
-    body = _refused(client, state, 400, PROJECT_ID="test_proj", path=str(inbox / "test_proj" / "link"))
+    body = _refused(
+        client, state, 400, PROJECT_ID="test_proj", path=str(inbox / "test_proj" / "link")
+    )
     assert "is not inside a project folder" in body["message"]
 
 
-def test_409_while_an_unfinished_request_covers_the_folder(client: FlaskClient, app: Flask, state: InboxState, session: Path) -> None:  # fmt: skip
+def test_409_while_an_unfinished_request_covers_the_folder(
+    client: FlaskClient, app: Flask, state: InboxState, session: Path
+) -> None:
     first = submit(client, PROJECT_ID="test_proj", EXPT_LABEL="one", path=str(session))
     assert first.status_code == 200
     body = _refused(client, state, 409, PROJECT_ID="test_proj", EXPT_LABEL="two", path=str(session))
@@ -150,13 +205,25 @@ def test_409_while_an_unfinished_request_covers_the_folder(client: FlaskClient, 
     assert again.status_code == 200, "a finished request no longer blocks the folder"
 
 
-def test_409_when_the_archive_holds_the_label(client: FlaskClient, state: InboxState, session: Path) -> None:  # fmt: skip
+def test_409_when_the_archive_holds_the_label(
+    client: FlaskClient, state: InboxState, session: Path
+) -> None:
     (state.config.archive_path / "auto_proj" / "arc001" / "taken").mkdir(parents=True)
-    body = _refused(client, state, 409, user="owner", PROJECT_ID="auto_proj", EXPT_LABEL="taken", path=str(session))
+    body = _refused(
+        client,
+        state,
+        409,
+        user="owner",
+        PROJECT_ID="auto_proj",
+        EXPT_LABEL="taken",
+        path=str(session),
+    )
     assert "already holds session 'taken'" in body["message"]
 
 
-def test_413_over_the_configured_limits(app: Flask, client: FlaskClient, state: InboxState, session: Path) -> None:  # fmt: skip
+def test_413_over_the_configured_limits(
+    app: Flask, client: FlaskClient, state: InboxState, session: Path
+) -> None:
     app.config["DICOM_INBOX_MAX_FILES"] = 1
     from flask_dicom_inbox.config import InboxConfig
 
@@ -177,7 +244,9 @@ def test_answers_formats_and_aliases(client: FlaskClient, session: Path, inbox: 
     assert not txt.get_data(as_text=True).endswith("\r\n")
     other = inbox / "test_proj" / "json"
     write_session(other, series=1, files_per_series=1)
-    as_json = submit(client, PROJECT_ID="test_proj", session="legacy", path=str(other), format="json")
+    as_json = submit(
+        client, PROJECT_ID="test_proj", session="legacy", path=str(other), format="json"
+    )
     assert as_json.status_code == 200
     body = as_json.get_json()
     assert body["status"] == "Queued"
@@ -192,22 +261,40 @@ def test_answers_formats_and_aliases(client: FlaskClient, session: Path, inbox: 
     assert rest.status_code == 200, "the /REST alias with a form body works"
 
 
-def test_prevent_anon_needs_the_host_permission(client: FlaskClient, state: InboxState, session: Path) -> None:  # fmt: skip
-    body = _refused(client, state, 403, user="member", PROJECT_ID="test_proj", prevent_anon="true", path=str(session))
+def test_prevent_anon_needs_the_host_permission(
+    client: FlaskClient, state: InboxState, session: Path
+) -> None:
+    body = _refused(
+        client,
+        state,
+        403,
+        user="member",
+        PROJECT_ID="test_proj",
+        prevent_anon="true",
+        path=str(session),
+    )
     assert "without anonymization" in body["message"]
-    allowed = submit(client, user="owner", PROJECT_ID="test_proj", prevent_anon="true", path=str(session))
+    allowed = submit(
+        client, user="owner", PROJECT_ID="test_proj", prevent_anon="true", path=str(session)
+    )
     assert allowed.status_code == 200
 
 
 def test_requests_are_private_to_their_user_and_admins(client: FlaskClient, session: Path) -> None:
-    rid = submit(client, user="member", PROJECT_ID="test_proj", path=str(session)).get_data(as_text=True).strip()
+    rid = (
+        submit(client, user="member", PROJECT_ID="test_proj", path=str(session))
+        .get_data(as_text=True)
+        .strip()
+    )
     assert client.get(rid, headers=auth("member")).status_code == 200
     hidden = client.get(rid, headers=auth("owner"))
     assert hidden.status_code == 404
     assert hidden.get_json()["message"].startswith("no import request")
     assert client.get(rid, headers=auth("admin")).status_code == 200
     assert client.get("/xapi/dicom/999999", headers=auth("admin")).status_code == 404
-    assert [r["username"] for r in client.get("/xapi/dicom/list/all", headers=auth("owner")).get_json()] == []
+    assert [
+        r["username"] for r in client.get("/xapi/dicom/list/all", headers=auth("owner")).get_json()
+    ] == []
     mine = client.get("/xapi/dicom/list/active", headers=auth("member")).get_json()
     assert [r["id"] for r in mine] == [int(rid.rsplit("/", 1)[1])]
     everyone = client.get("/xapi/dicom/list/all", headers=auth("admin")).get_json()
@@ -215,12 +302,21 @@ def test_requests_are_private_to_their_user_and_admins(client: FlaskClient, sess
     assert client.get("/xapi/dicom/list/all").status_code == 401
 
 
-def test_lists_are_newest_first_and_active_drops_finished(client: FlaskClient, app: Flask, inbox: Path) -> None:  # fmt: skip
+def test_lists_are_newest_first_and_active_drops_finished(
+    client: FlaskClient, app: Flask, inbox: Path
+) -> None:
     ids = []
     for n in range(3):
         folder = inbox / "test_proj" / f"s{n}"
         write_session(folder, series=1, files_per_series=1, seed=n)
-        ids.append(int(submit(client, PROJECT_ID="test_proj", path=str(folder)).get_data(as_text=True).strip().rsplit("/", 1)[1]))
+        ids.append(
+            int(
+                submit(client, PROJECT_ID="test_proj", path=str(folder))
+                .get_data(as_text=True)
+                .strip()
+                .rsplit("/", 1)[1]
+            )
+        )
     listed = [r["id"] for r in client.get("/xapi/dicom/list/all", headers=auth()).get_json()]
     assert listed == sorted(ids, reverse=True)
     assert len(client.get("/xapi/dicom/list/active", headers=auth()).get_json()) == 3

@@ -145,6 +145,4 @@ class InboxHandler:
 
 
 def _empty(path: str | None) -> BadRequest:
-    return BadRequest(
-        f"path {path!r} holds no files to import", errors={"path": ["empty folder"]}
-    )
+    return BadRequest(f"path {path!r} holds no files to import", errors={"path": ["empty folder"]})
