@@ -16,7 +16,7 @@ from flask_dicom_inbox import DicomInbox
 
 from . import db
 from .commands import projects_cli, users_cli
-from .host import SqliteProjects, SqliteUsers
+from .host import SqliteAnonymization, SqliteProjects, SqliteUsers
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -28,7 +28,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config.from_mapping(config)
     os.makedirs(app.instance_path, exist_ok=True)
     db.init_app(app)
-    DicomInbox(app, users=SqliteUsers(app), projects=SqliteProjects(app))
+    DicomInbox(
+        app,
+        users=SqliteUsers(app),
+        projects=SqliteProjects(app),
+        anonymization=SqliteAnonymization(app),
+    )
     state = DicomInbox.state(app)
     for folder in (
         state.config.inbox_path,

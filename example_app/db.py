@@ -25,6 +25,11 @@ CREATE TABLE IF NOT EXISTS members (
     role TEXT NOT NULL CHECK (role IN ('owner', 'member', 'collaborator')),
     PRIMARY KEY (project_id, username)
 );
+CREATE TABLE IF NOT EXISTS project_anonymization (
+    project_id TEXT PRIMARY KEY REFERENCES projects(id),
+    script TEXT,
+    enabled INTEGER NOT NULL DEFAULT 1
+);
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from flask_dicom_inbox import InboxUser, ProjectSettings
+from flask_dicom_inbox import InboxUser, ProjectSettings, ScriptSetting
 
 from .db import connect
 
@@ -80,6 +80,9 @@ class SqliteProjects:
             return False
         return user.is_admin or self.role(user, project_id) == "owner"
 
+    def can_manage(self, user: InboxUser, project_id: str) -> bool:
+        return self.can_prevent_anon(user, project_id)
+
     def create(self, project_id: str, owner: str, *, auto_archive: bool = False) -> None:
         with connect(self.database) as conn:
             conn.execute(
@@ -99,4 +102,61 @@ class SqliteProjects:
                 "INSERT INTO members (project_id, username, role) VALUES (?, ?, ?) "
                 "ON CONFLICT (project_id, username) DO UPDATE SET role = excluded.role",
                 (project_id, username, role),
+            )
+
+
+class SqliteAnonymization:
+    """The site script (table ``settings``) and each project's (``project_anonymization``)."""
+
+    def __init__(self, app: Flask) -> None:
+        self.database = app.config["DATABASE"]
+
+    def _setting(self, key: str) -> str | None:
+        with connect(self.database) as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def _put(self, key: str, value: str) -> None:
+        with connect(self.database) as conn:
+            conn.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def site_script(self) -> ScriptSetting:
+        enabled = self._setting("anon.site.enabled")
+        return ScriptSetting(self._setting("anon.site.script"), enabled != "false")
+
+    def set_site_script(self, text: str) -> None:
+        self._put("anon.site.script", text)
+
+    def set_site_enabled(self, enabled: bool) -> None:
+        self._put("anon.site.enabled", "true" if enabled else "false")
+
+    def project_script(self, project_id: str) -> ScriptSetting:
+        with connect(self.database) as conn:
+            row = conn.execute(
+                "SELECT script, enabled FROM project_anonymization WHERE project_id = ?",
+                (project_id,),
+            ).fetchone()
+        if row is None:
+            return ScriptSetting(None, False)
+        return ScriptSetting(row["script"], bool(row["enabled"]))
+
+    def set_project_script(self, project_id: str, text: str) -> None:
+        with connect(self.database) as conn:
+            conn.execute(
+                "INSERT INTO project_anonymization (project_id, script, enabled) VALUES (?, ?, 1) "
+                "ON CONFLICT (project_id) DO UPDATE SET script = excluded.script",
+                (project_id, text),
+            )
+
+    def set_project_enabled(self, project_id: str, enabled: bool) -> None:
+        with connect(self.database) as conn:
+            conn.execute(
+                "INSERT INTO project_anonymization (project_id, script, enabled) "
+                "VALUES (?, NULL, ?) "
+                "ON CONFLICT (project_id) DO UPDATE SET enabled = excluded.enabled",
+                (project_id, int(enabled)),
             )

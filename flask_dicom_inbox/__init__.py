@@ -13,10 +13,12 @@ from .errors import (
 )
 from .extension import DicomInbox, InboxState
 from .protocols import (
+    AnonymizationSettings,
     Destination,
     InboxUser,
     ProjectDirectory,
     ProjectSettings,
+    ScriptSetting,
     SessionStorage,
     UserDirectory,
 )
@@ -26,6 +28,7 @@ from .signals import import_finished, import_queued, import_started
 from .storage import FilesystemStorage
 
 __all__ = [
+    "AnonymizationSettings",
     "BadRequest",
     "Conflict",
     "Destination",
@@ -45,6 +48,7 @@ __all__ = [
     "ProjectDirectory",
     "ProjectSettings",
     "RequestStore",
+    "ScriptSetting",
     "ServiceUnavailable",
     "SessionStorage",
     "Submission",

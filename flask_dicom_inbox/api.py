@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 from flask_httpauth import HTTPBasicAuth
 from werkzeug.exceptions import HTTPException
 
+from .api_anonymize import add_anonymization_routes
 from .auth import current_user
 from .errors import DicomInboxError, NotFound, ServiceUnavailable
 from .requests import ImportRequest
@@ -78,6 +79,7 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
     def list_all() -> Response:
         return jsonify([_dump(r) for r in _visible_list(active_only=False)])
 
+    add_anonymization_routes(bp)
     return bp
 
 

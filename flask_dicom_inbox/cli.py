@@ -30,3 +30,64 @@ def handlers_command() -> None:
     """List the registered import handlers."""
     for name, handler in current_state().registry.items():
         click.echo(f"{name}\t{type(handler).__module__}.{type(handler).__qualname__}")
+
+
+anon_cli = AppGroup("anon", help="Anonymization scripts (DicomEdit 6 subset).")
+dicom_inbox_cli.add_command(anon_cli)
+
+
+def _read_script(path: str) -> str:
+    from .anon_scripts import compile_script
+    from .errors import BadRequest
+
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        compile_script(text)
+    except BadRequest as exc:
+        raise click.ClickException(f"{path}: {exc.message}") from None
+    return text
+
+
+@anon_cli.command("set-site")
+@click.argument("script_file", type=click.Path(exists=True, dir_okay=False))
+def anon_set_site(script_file: str) -> None:
+    """Set the site-wide script from SCRIPT_FILE (refused, unchanged, if it does not parse)."""
+    current_state().anonymization.set_site_script(_read_script(script_file))
+    click.echo("site anonymization script set")
+
+
+@anon_cli.command("set-project")
+@click.argument("project_id")
+@click.argument("script_file", type=click.Path(exists=True, dir_okay=False))
+def anon_set_project(project_id: str, script_file: str) -> None:
+    """Set PROJECT_ID's script from SCRIPT_FILE (refused, unchanged, if it does not parse)."""
+    state = current_state()
+    if state.projects.get_project(project_id) is None:
+        raise click.ClickException(f"no project {project_id!r}")
+    state.anonymization.set_project_script(project_id, _read_script(script_file))
+    click.echo(f"anonymization script of project {project_id} set")
+
+
+@anon_cli.command("test")
+@click.argument("script_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("dicom_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--project", default="test_project", show_default=True)
+@click.option("--subject", default="test_subject", show_default=True)
+@click.option("--session", "session_label", default="test_session", show_default=True)
+def anon_test(
+    script_file: str, dicom_file: str, project: str, subject: str, session_label: str
+) -> None:
+    """Run SCRIPT_FILE over DICOM_FILE in memory and print the changed tags (nothing written)."""
+    from pathlib import Path
+
+    from .anon_scripts import compile_script
+    from .dicom import read_full
+
+    script = compile_script(_read_script(script_file))
+    ds = read_full(Path(dicom_file))
+    changes = script.apply(ds, {"project": project, "subject": subject, "session": session_label})
+    for change in changes:
+        click.echo(change)
+    if not changes:
+        click.echo("no changes")

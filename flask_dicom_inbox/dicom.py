@@ -8,6 +8,7 @@ sees them, because pydicom inflates the whole file into memory even for a header
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 import zlib
@@ -20,6 +21,7 @@ import pydicom
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -58,7 +60,8 @@ def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
     with os.fdopen(fd, "rb") as fp:
         if os.fstat(fp.fileno()).st_size == 0:
             raise NotImportable("empty file")
-        transfer_syntax = _peek_transfer_syntax(fp)
+        with _quiet():
+            transfer_syntax = _peek_transfer_syntax(fp)
         if transfer_syntax == DEFLATED:
             _check_inflated_size(fp, max_inflated_bytes)
         fp.seek(0)
@@ -67,8 +70,10 @@ def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
-        except (zlib.error, NotImplementedError, AttributeError, IndexError) as exc:
-            raise NotImportable(f"unreadable DICOM file ({_short(exc)})") from exc
+        except Exception as exc:  # pydicom raises many types on junk; none may stop a request
+            raise NotImportable(
+                f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})"
+            ) from exc
         with _quiet():
             return _header_from(ds)
 
@@ -172,9 +177,60 @@ def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
 def read_full(path: Path) -> FileDataset:
     """A full read (pixel data included) for rewriting; the only read that may be saved."""
     with _quiet():
-        return pydicom.dcmread(path, force=True)
+        ds = pydicom.dcmread(path, force=True)
+    _check_pixel_length(ds)
+    return ds
 
 
-def write_dataset(ds: FileDataset, out: BinaryIO) -> None:
-    """Write ``ds`` as a Part 10 file with the preamble, keeping its transfer syntax."""
-    ds.save_as(out, enforce_file_format=True)
+def _check_pixel_length(ds: FileDataset) -> None:
+    """Refuse native pixel data shorter than its header says: pydicom reads a truncated file
+    silently, and rewriting it would make the truncation look valid."""
+    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None:
+        return
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits = int(ds.BitsAllocated)
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
+    except (AttributeError, TypeError, ValueError):
+        return
+    expected_bytes = (expected * bits + 7) // 8
+    actual = len(ds.PixelData)
+    if actual < expected_bytes:
+        raise ValueError(f"pixel data is truncated: {actual} of {expected_bytes} bytes")
+
+
+def encode_dataset(ds: FileDataset) -> bytes:
+    """``ds`` as Part 10 bytes, keeping its transfer syntax, with a zeroed preamble.
+
+    The preamble is zeroed because vendors put data there (TIFF headers and more) that no
+    anonymization script can see.
+    """
+    buffer = io.BytesIO()
+    _ensure_file_meta(ds)
+    ds.preamble = b"\x00" * 128
+    with _quiet():
+        ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _ensure_file_meta(ds: FileDataset) -> None:
+    """Give a file read without file meta (no preamble) the meta a Part 10 file needs."""
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        if implicit:
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        elif little:
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        else:
+            meta.TransferSyntaxUID = ExplicitVRBigEndian
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+
+
+def header_of(ds: Dataset) -> DicomHeader:
+    """The naming/grouping fields of an in-memory dataset (e.g. after anonymization)."""
+    with _quiet():
+        return _header_from(ds)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,21 +11,19 @@ from flask import Flask, current_app
 from flask_httpauth import HTTPBasicAuth
 from rq import Queue
 
+from .anon_scripts import DefaultAnonymizationSettings, steps_for_project
 from .api import build_blueprint
 from .auth import build_basic_auth
 from .config import DEFAULTS, InboxConfig
 from .handlers.inbox import InboxHandler
 from .importer import AnonymizationStep
 from .jobs import AppJob, bind_job_class
-from .protocols import ProjectDirectory, SessionStorage, UserDirectory
+from .protocols import AnonymizationSettings, ProjectDirectory, SessionStorage, UserDirectory
 from .registry import HandlerRegistry, ImportHandler
 from .requests import ImportRequest, RequestStore
 from .storage import FilesystemStorage
 
 EXTENSION_KEY = "dicom_inbox"
-
-#: A host callable giving the anonymization steps for a request (site, then project script).
-AnonymizationProvider = Callable[[ImportRequest], Sequence[AnonymizationStep]]
 
 
 @dataclass
@@ -43,16 +41,17 @@ class InboxState:
     projects: ProjectDirectory
     storage: SessionStorage
     auth: HTTPBasicAuth
+    anonymization: AnonymizationSettings
 
     @property
     def registry(self) -> HandlerRegistry:
         return self.extension.registry
 
     def anonymization_steps(self, record: ImportRequest) -> Sequence[AnonymizationStep]:
-        provider = self.extension.anonymization_provider
-        if provider is None or record.parameters.get("prevent_anon", "").lower() == "true":
+        """Site script, then project script; none with ``prevent_anon=true``."""
+        if record.parameters.get("prevent_anon", "").strip().lower() in {"true", "1", "yes"}:
             return ()
-        return provider(record)
+        return steps_for_project(self.anonymization, record.project_id)
 
     def signal(self, name: str, record: ImportRequest | None) -> None:
         from . import signals
@@ -66,8 +65,9 @@ class DicomInbox:
 
     ``users`` and ``projects`` are the host's (see :mod:`.protocols`); ``storage`` defaults to
     :class:`~.storage.FilesystemStorage` on ``DICOM_INBOX_PREARCHIVE_PATH`` and
-    ``DICOM_INBOX_ARCHIVE_PATH``. Handlers are registered with :meth:`register_handler`;
-    ``inbox`` is registered that way too.
+    ``DICOM_INBOX_ARCHIVE_PATH``. ``anonymization`` keeps the site and project scripts
+    (default: in memory, XNAT's default site script on). Handlers are registered with
+    :meth:`register_handler`; ``inbox`` is registered that way too.
     """
 
     def __init__(
@@ -77,12 +77,12 @@ class DicomInbox:
         users: UserDirectory,
         projects: ProjectDirectory,
         storage: SessionStorage | None = None,
-        anonymization: AnonymizationProvider | None = None,
+        anonymization: AnonymizationSettings | None = None,
     ) -> None:
         self.users = users
         self.projects = projects
         self.storage = storage
-        self.anonymization_provider = anonymization
+        self.anonymization = anonymization
         self.registry = HandlerRegistry()
         self.register_handler("inbox", InboxHandler())
         if app is not None:
@@ -113,6 +113,7 @@ class DicomInbox:
             projects=self.projects,
             storage=storage,
             auth=build_basic_auth(),
+            anonymization=self.anonymization or DefaultAnonymizationSettings(),
         )
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(build_blueprint(state.auth), url_prefix=config.url_prefix or None)

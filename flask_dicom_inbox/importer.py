@@ -9,6 +9,7 @@ when unchanged since the scan.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -18,9 +19,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from .dicom import DicomHeader, NotImportable, read_full, read_header, write_dataset
+from .dicom import (
+    DicomHeader,
+    NotImportable,
+    encode_dataset,
+    header_of,
+    read_full,
+    read_header,
+)
 from .errors import ImportFailed
 from .naming import scan_folder_name, session_label, subject_label, template_file_name
 from .protocols import Destination, SessionStorage
@@ -39,7 +47,10 @@ from .storage import (
 class AnonymizationStep(Protocol):
     """One script run over every file: the site script, then the project script."""
 
-    script_id: str
+    @property
+    def script_id(self) -> str:
+        """Recorded as CodeValue in (0012,0064)."""
+        ...
 
     def apply(self, ds: Any, variables: Mapping[str, str]) -> Any:
         """Edit ``ds`` in place (a full read) and record the de-identification."""
@@ -353,7 +364,6 @@ class ImportEngine:
         if opts.overwrite == "delete" and folder.exists():
             self._set_aside(folder)
         stored: list[ScannedFile] = []
-        written_bytes = 0
         for scan in session.scans.values():
             scan_dir = folder / "SCANS" / scan.folder / "DICOM"
             created = make_dirs(scan_dir)
@@ -361,12 +371,10 @@ class ImportEngine:
                 fsync_dir(made.parent)
             used: set[str] = set()
             for sf in scan.files:
-                target = scan_dir / self._file_name(sf, used)
-                size = self._store_file(session, sf, target)
+                size = self._store_file(session, sf, scan_dir, used)
                 if size is None:
                     continue
                 stored.append(sf)
-                written_bytes += size
         self._drop_set_aside(folder)
         count = len(stored)
         self.sessions_out.append(
@@ -384,13 +392,15 @@ class ImportEngine:
         )
         return stored
 
-    def _file_name(self, sf: ScannedFile, used: set[str]) -> str:
-        assert sf.header is not None
-        name = (
-            template_file_name(sf.header) if self.options.rename else safe_file_name(sf.path.name)
-        )
+    def _file_name(self, sf: ScannedFile, header: DicomHeader, used: set[str]) -> str:
+        """The original name, sanitised, or XNAT's template (``rename=true`` or a clash).
+
+        ``header`` is the written file's: after anonymization, so no original UID leaks
+        into a name through the template.
+        """
+        name = template_file_name(header) if self.options.rename else safe_file_name(sf.path.name)
         if name in used:
-            name = template_file_name(sf.header)
+            name = template_file_name(header)
         n = 1
         base = name
         while name in used:
@@ -399,21 +409,29 @@ class ImportEngine:
         used.add(name)
         return name
 
-    def _store_file(self, session: SessionGroup, sf: ScannedFile, target: Path) -> int | None:
+    def _store_file(
+        self, session: SessionGroup, sf: ScannedFile, scan_dir: Path, used: set[str]
+    ) -> int | None:
         """Store one file; record and skip it on any per-file fault. Returns bytes written."""
+        assert sf.header is not None
         try:
             if not _unchanged(sf):
                 raise _FileProblem("changed or removed since the folder was scanned")
-            if target.exists():
-                size = self._already_stored(sf, target)
-                if size is None:
-                    raise _FileProblem(f"a different file already exists at {target.name}")
-            elif self.anonymization:
-                size = self._write_anonymized(session, sf, target)
-            elif self.options.cleanup and move_atomically(sf.path, target):
-                size = sf.size
+            if self.anonymization:
+                data, header = self._anonymized_bytes(session, sf)
+                target = scan_dir / self._file_name(sf, header, used)
+                if target.exists():
+                    size = self._already_stored(sf, target, data)
+                else:
+                    size = write_atomically(target, functools.partial(_write_all, data))
             else:
-                size = copy_atomically(sf.path, target)
+                target = scan_dir / self._file_name(sf, sf.header, used)
+                if target.exists():
+                    size = self._already_stored(sf, target, None)
+                elif self.options.cleanup and move_atomically(sf.path, target):
+                    size = sf.size
+                else:
+                    size = copy_atomically(sf.path, target)
         except _FileProblem as exc:
             self._fail_file(sf, str(exc))
             return None
@@ -428,14 +446,24 @@ class ImportEngine:
         self.report.add(filesDone=1, filesImported=1, bytesDone=size)
         return size
 
-    def _already_stored(self, sf: ScannedFile, target: Path) -> int | None:
-        """A retried job meets its own earlier output: accept it when it is this file."""
-        st = os.lstat(target)
-        if st.st_ino == sf.ino or (not self.anonymization and _same_bytes(sf.path, target)):
-            return st.st_size
-        return None
+    def _already_stored(self, sf: ScannedFile, target: Path, data: bytes | None) -> int:
+        """A retried job meets its own earlier output: accept it when it is this file.
 
-    def _write_anonymized(self, session: SessionGroup, sf: ScannedFile, target: Path) -> int:
+        Anonymization is deterministic, so a re-run gives the same bytes; a plain copy is the
+        source's bytes (or, after a rename-move, its very inode).
+        """
+        st = os.lstat(target)
+        if data is not None:
+            if st.st_size == len(data) and target.read_bytes() == data:
+                return st.st_size
+        elif st.st_ino == sf.ino or _same_bytes(sf.path, target):
+            return st.st_size
+        raise _FileProblem(f"a different file already exists at {target.name}")
+
+    def _anonymized_bytes(
+        self, session: SessionGroup, sf: ScannedFile
+    ) -> tuple[bytes, DicomHeader]:
+        """Full read, every script in order, then the bytes to write and their header."""
         ds = read_full(sf.path)
         variables = {
             "project": self.options.project_id,
@@ -444,7 +472,7 @@ class ImportEngine:
         }
         for step in self.anonymization:
             step.apply(ds, variables)
-        return write_atomically(target, lambda out: write_dataset(ds, out))
+        return encode_dataset(ds), header_of(ds)
 
     def _fail_file(self, sf: ScannedFile, reason: str) -> None:
         self.report.error(sf.rel, reason)
@@ -483,6 +511,10 @@ class ImportEngine:
 
 class _FileProblem(Exception):
     pass
+
+
+def _write_all(data: bytes, out: BinaryIO) -> None:
+    out.write(data)
 
 
 def _unchanged(sf: ScannedFile) -> bool:

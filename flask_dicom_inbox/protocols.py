@@ -63,6 +63,39 @@ class ProjectDirectory(Protocol):
         """May ``user`` import into ``project_id`` without anonymization (``prevent_anon``)?"""
         ...
 
+    def can_manage(self, user: InboxUser, project_id: str) -> bool:
+        """May ``user`` change the project's settings (its anonymization script)? Owners."""
+        ...
+
+
+@dataclass(frozen=True)
+class ScriptSetting:
+    """An anonymization script as stored by the host: its text and whether it is on."""
+
+    text: str | None
+    enabled: bool
+
+
+@runtime_checkable
+class AnonymizationSettings(Protocol):
+    """Where the host keeps the site-wide and per-project DicomEdit scripts.
+
+    ``site_script()`` returning ``ScriptSetting(None, True)`` means "never set": the default
+    site script (XNAT's) is then in force.
+    """
+
+    def site_script(self) -> ScriptSetting: ...
+
+    def set_site_script(self, text: str) -> None: ...
+
+    def set_site_enabled(self, enabled: bool) -> None: ...
+
+    def project_script(self, project_id: str) -> ScriptSetting: ...
+
+    def set_project_script(self, project_id: str, text: str) -> None: ...
+
+    def set_project_enabled(self, project_id: str, enabled: bool) -> None: ...
+
 
 @runtime_checkable
 class SessionStorage(Protocol):

@@ -88,9 +88,7 @@ def test_base36_digits(value: int, text: str) -> None:
 
 
 def test_template_file_name_format() -> None:
-    assert template_file_name(HEADER) == (
-        "1.2.826.0.1.3680043.10.1457.7-3-12-1q4d68t.dcm"
-    )
+    assert template_file_name(HEADER) == ("1.2.826.0.1.3680043.10.1457.7-3-12-1q4d68t.dcm")
 
 
 def test_template_file_name_sanitises_hostile_header_values() -> None:
