@@ -8,6 +8,7 @@ from flask.cli import AppGroup
 from rq import SimpleWorker, Worker
 
 from .extension import current_state
+from .recovery import recover
 
 dicom_inbox_cli = AppGroup("dicom-inbox", help="DICOM inbox: workers and maintenance.")
 
@@ -21,8 +22,21 @@ def worker_command(burst: bool, simple: bool, with_scheduler: bool) -> None:
     state = current_state()
     worker_class = SimpleWorker if simple else Worker
     worker = worker_class([state.queue], connection=state.redis, job_class=state.job_class)
+    requeued = recover(state)
+    if requeued:
+        click.echo(f"re-queued request(s) whose worker died: {', '.join(map(str, requeued))}")
     current_app.logger.info("dicom-inbox worker on queue %s", state.queue.name)
     worker.work(burst=burst, with_scheduler=with_scheduler)
+
+
+@dicom_inbox_cli.command("recover")
+def recover_command() -> None:
+    """Re-queue unfinished requests whose job died (no need to wait for RQ's maintenance)."""
+    requeued = recover(current_state())
+    if requeued:
+        click.echo(f"re-queued: {', '.join(map(str, requeued))}")
+    else:
+        click.echo("nothing to recover")
 
 
 @dicom_inbox_cli.command("handlers")

@@ -32,6 +32,10 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "DICOM_INBOX_PROGRESS_EVERY": (50, "Files between progress writes to Redis."),
     "DICOM_INBOX_URL_PREFIX": ("", "Prefix of the blueprint's routes (e.g. /xnat)."),
+    "DICOM_INBOX_LEASE_SECONDS": (
+        30,
+        "A running import renews a lease this often x3; a dead worker's lapses after it.",
+    ),
 }
 
 
@@ -53,6 +57,7 @@ class InboxConfig:
     max_inflated_bytes: int
     progress_every: int
     url_prefix: str
+    lease_seconds: int
 
     @classmethod
     def from_app(cls, app: Flask) -> InboxConfig:
@@ -78,6 +83,7 @@ class InboxConfig:
             max_inflated_bytes=int(c["DICOM_INBOX_MAX_INFLATED_BYTES"]),
             progress_every=max(1, int(c["DICOM_INBOX_PROGRESS_EVERY"])),
             url_prefix=str(c["DICOM_INBOX_URL_PREFIX"] or "").rstrip("/"),
+            lease_seconds=max(1, int(c["DICOM_INBOX_LEASE_SECONDS"])),
         )
 
 

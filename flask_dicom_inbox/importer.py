@@ -39,6 +39,7 @@ from .storage import (
     fsync_dir,
     make_dirs,
     move_atomically,
+    remove_temp_files,
     safe_file_name,
     write_atomically,
 )
@@ -363,6 +364,7 @@ class ImportEngine:
         self._claim(session.label)
         if opts.overwrite == "delete" and folder.exists():
             self._set_aside(folder)
+        remove_temp_files(folder)  # a killed earlier attempt of this request left them
         stored: list[ScannedFile] = []
         for scan in session.scans.values():
             scan_dir = folder / "SCANS" / scan.folder / "DICOM"

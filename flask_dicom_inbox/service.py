@@ -15,6 +15,7 @@ from .errors import BadRequest, Conflict, DicomInboxError, Forbidden, ImportFail
 from .importer import ImportEngine, ImportOptions
 from .jobs import job_id_for, run_import
 from .protocols import Destination, InboxUser, ProjectSettings
+from .recovery import Lease
 from .registry import Submission
 from .requests import ACCEPTED, COMPLETED, FAILED, IMPORTING, QUEUED, ImportRequest
 from .schemas import ImportParameters, load_import_parameters
@@ -169,21 +170,17 @@ def execute_import(state: InboxState, request_id: int, job: Job | None) -> str:
         return FAILED
     if record.finished:
         return record.status
-    lock = state.redis.lock(
-        f"{state.config.key_prefix}request:{request_id}:lock",
-        timeout=job_timeout(state, record) + 120,
-        blocking_timeout=0,
-    )
-    if not lock.acquire(blocking=False):
-        log.warning("dicom-inbox: request %s is locked by another worker", request_id)
+    lease = Lease(state, request_id)
+    if not lease.acquire():
+        log.warning("dicom-inbox: request %s is being imported by another worker", request_id)
         return record.status
     try:
+        record = state.store.get(request_id) or record  # re-read under the lease
+        if record.finished:
+            return record.status
         return _execute_locked(state, record, job)
     finally:
-        try:
-            lock.release()
-        except redis.exceptions.LockError:
-            log.warning("dicom-inbox: lock of request %s expired before release", request_id)
+        lease.release()
 
 
 def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -> str:

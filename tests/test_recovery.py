@@ -1,0 +1,141 @@
+"""A SIGKILLed work-horse: `flask dicom-inbox recover` and a new worker finish the request,
+every source present exactly once, byte-identical, no temporary file left."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from example_app.demo import write_session
+from flask_dicom_inbox import InboxState
+from flask_dicom_inbox.recovery import is_leased, recover
+from flask_dicom_inbox.storage import TEMP_PREFIX
+
+from .conftest import auth, run_worker, submit
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _env(app_config: dict[str, Any]) -> dict[str, str]:
+    values = {**app_config, "DICOM_INBOX_LEASE_SECONDS": 2}
+    return {**os.environ, **{f"FLASK_{k}": str(v) for k, v in values.items() if k != "TESTING"}}
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("seed", "cleanup"), [(1, False), (2, True), (3, False)])
+def test_sigkilled_work_horse_is_recovered(
+    app: Flask,
+    client: FlaskClient,
+    inbox: Path,
+    state: InboxState,
+    app_config: dict[str, Any],
+    seed: int,
+    cleanup: bool,
+) -> None:
+    app.config["DICOM_INBOX_LEASE_SECONDS"] = 2
+    from flask_dicom_inbox.config import InboxConfig
+
+    state.config = InboxConfig.from_app(app)
+    assert (
+        client.put("/xapi/anonymize/site/enabled", data="false", headers=auth()).status_code == 200
+    )
+    session = inbox / "test_proj" / f"kill{seed}"
+    generated = write_session(session, series=4, files_per_series=150, rows=256, columns=256)
+    originals = {p.name: p.read_bytes() for p in generated.files}
+    response = submit(
+        client, PROJECT_ID="test_proj", EXPT_LABEL=f"kill{seed}", path=str(session),
+        cleanupAfterImport=str(cleanup).lower(),
+    )  # fmt: skip
+    assert response.status_code == 200
+    rid = int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker"],
+        env=_env(app_config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(lambda: is_leased(state, rid), 60, "the import to start")
+        done_at_kill = random.Random(seed).randint(20, 400)
+        _wait(
+            lambda: (
+                (state.store.get(rid) or state.store.get(rid)).progress["filesDone"] >= done_at_kill
+            ),  # type: ignore[union-attr]
+            60,
+            "progress",
+        )
+        [horse] = _children(worker.pid)
+        os.kill(horse, signal.SIGKILL)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
+    record = state.store.get(rid)
+    assert record is not None and record.status == "Importing"
+    assert record.progress["filesDone"] < 600, "killed before the end"
+    _wait(lambda: not is_leased(state, rid), 10, "the dead horse's lease to lapse")
+    assert recover(state) == [rid]
+    assert state.store.get(rid).status == "Queued"  # type: ignore[union-attr]
+    run_worker(app)
+    final = client.get(f"/xapi/dicom/{rid}", headers=auth()).get_json()
+    assert final["status"] == "Completed", (final["message"], final["errors"][:3])
+    assert [h["status"] for h in final["history"]][-4:] == [
+        "Queued",
+        "Accepted",
+        "Importing",
+        "Completed",
+    ]
+    written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
+    assert not [p for p in written if p.name.startswith(TEMP_PREFIX)]
+    names = [p.name for p in written]
+    assert sorted(names) == sorted(originals), "every source exactly once"
+    for path in written:
+        assert path.read_bytes() == originals[path.name]
+    if cleanup:
+        assert not any(p.exists() for p in generated.files)
+    else:
+        assert all(p.read_bytes() == originals[p.name] for p in generated.files)
+
+
+def test_recover_leaves_queued_and_leased_requests_alone(
+    client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
+    session = inbox / "test_proj" / "waiting"
+    write_session(session, series=1, files_per_series=1)
+    assert submit(client, PROJECT_ID="test_proj", path=str(session)).status_code == 200
+    assert recover(state) == [], "a queued job will run: nothing to do"
+    [record] = list(state.store.active())
+    state.queue.empty()  # the job vanished (e.g. Redis lost the queue)
+    state.store.redis.hset(f"{state.config.key_prefix}request:{record.id}", "timestamp", 0)
+    from flask_dicom_inbox.recovery import Lease
+
+    lease = Lease(state, record.id)
+    assert lease.acquire()
+    try:
+        assert recover(state) == [], "a leased request is being worked on"
+    finally:
+        lease.release()
+    assert recover(state) == [record.id]
+    assert len(state.queue) == 1
