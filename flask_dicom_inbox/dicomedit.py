@@ -403,22 +403,11 @@ class _Run:
         return "".join(args)  # concatenate
 
     def _find(self, path: TagPath) -> list[DataElement]:
-        datasets: list[Dataset] = [self.ds]
-        for i, _part in enumerate(path.parts[:-1]):
-            nxt: list[Dataset] = []
-            for d in datasets:
-                for elem in d:
-                    if path.matches(elem.tag, i) and elem.VR == "SQ":
-                        nxt.extend(elem.value)
-            datasets = nxt
-        return [
-            elem
-            for d in datasets
-            for elem in list(d)
-            if path.matches(elem.tag, len(path.parts) - 1)
-        ]
+        last = len(path.parts) - 1
+        return [e for d in self._parents(path) for e in list(d) if path.matches(e.tag, last)]
 
     def _parents(self, path: TagPath) -> list[Dataset]:
+        """The datasets holding the path's last tag: the items of its sequences."""
         datasets: list[Dataset] = [self.ds]
         for i in range(len(path.parts) - 1):
             nxt: list[Dataset] = []
