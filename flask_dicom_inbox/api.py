@@ -10,6 +10,7 @@ from flask_httpauth import HTTPBasicAuth
 from werkzeug.exceptions import HTTPException
 
 from .api_anonymize import add_anonymization_routes
+from .api_xnat import add_xnat_routes
 from .auth import current_user
 from .errors import DicomInboxError, NotFound, ServiceUnavailable
 from .requests import ImportRequest
@@ -80,6 +81,7 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
         return jsonify([_dump(r) for r in _visible_list(active_only=False)])
 
     add_anonymization_routes(bp)
+    add_xnat_routes(bp)
     return bp
 
 

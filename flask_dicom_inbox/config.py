@@ -32,6 +32,7 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "DICOM_INBOX_PROGRESS_EVERY": (50, "Files between progress writes to Redis."),
     "DICOM_INBOX_URL_PREFIX": ("", "Prefix of the blueprint's routes (e.g. /xnat)."),
+    "DICOM_INBOX_SESSION_TTL": (900, "Idle lifetime in seconds of a JSESSIONID login session."),
     "DICOM_INBOX_LEASE_SECONDS": (
         30,
         "A running import renews a lease this often x3; a dead worker's lapses after it.",
