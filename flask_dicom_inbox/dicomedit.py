@@ -27,6 +27,7 @@ from pydicom.tag import BaseTag, Tag
 
 SUPPORTED_VERSIONS = ("6.1", "6.0", "6.2", "6.3", "6.4", "6.5", "6.6")
 BUILTIN_VARIABLES = ("project", "subject", "session")
+_SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
 _NUMERIC_VRS = {"US", "UL", "SS", "SL", "UV", "SV", "FL", "FD"}
 
 
@@ -232,7 +233,13 @@ class _Parser:
         left = self.value()
         if self.tok.kind == "OP" and self.tok.text in ("=", "!=", "~", "!~"):
             op = self.take().text
+            right_tok = self.tok
             right = self.value()
+            if op in ("~", "!~") and right.kind == "str":
+                try:
+                    re.compile(right.text)
+                except re.error as exc:
+                    raise self.error(f"invalid regular expression: {exc}", right_tok) from None
             self.expect_op("?")
             if self.tok.kind == "END":
                 raise self.error("expected an action after '?'")
@@ -256,7 +263,7 @@ class _Parser:
     def _check_settable(self, target: TagPath, tok: _Token) -> None:
         tag = target.last
         if tag.is_private:
-            return
+            raise self.error(f"setting private tag {target} is not supported", tok)
         try:
             dictionary_VR(tag)
         except KeyError:
@@ -375,19 +382,24 @@ class _Run:
         self.salt = salt
         self.hashed: dict[str, str] = {}
         self.changes: list[str] = []
-        self.original_sop = _text_of(ds.data_element("SOPInstanceUID"))
+        self.original_sop = _text_of(ds.get(_SOP_INSTANCE_UID))
 
     # values
-    def evaluate(self, value: Value) -> str:
+    def evaluate(self, value: Value, item: tuple[TagPath, Dataset] | None = None) -> str:
+        """The value as text. ``item`` is (target path, sequence item) while setting inside
+        sequences: a tag on the same path then reads from that item, so each item is hashed
+        from its own value."""
         if value.kind == "str":
             return value.text
         if value.kind == "var":
             return self.variables.get(value.text, "")
         if value.kind == "tag":
             assert value.tag is not None
+            if item is not None and value.tag.parts[:-1] == item[0].parts[:-1]:
+                return _text_of(item[1].get(value.tag.last))
             found = self._find(value.tag)
             return _text_of(found[0]) if found else ""
-        args = [self.evaluate(a) for a in value.args]
+        args = [self.evaluate(a, item) for a in value.args]
         if value.func == "hashUID":
             if not args[0]:
                 return ""
@@ -429,12 +441,15 @@ class _Run:
 
     def _do_set(self, st: Statement, only_if_present: bool = False) -> None:
         assert st.target is not None and st.value is not None
-        value = self.evaluate(st.value)
         tag = st.target.last
+        nested = len(st.target.parts) > 1
+        value = "" if nested else self.evaluate(st.value)
         for parent in self._parents(st.target):
             old = parent.get(tag)
             if old is None and only_if_present:
                 continue
+            if nested:
+                value = self.evaluate(st.value, (st.target, parent))
             self._set(parent, tag, value, old)
 
     def _do_setif(self, st: Statement) -> None:
@@ -520,7 +535,7 @@ class _Run:
         if self.hashed:
             _replace_uids(self.ds, self.hashed)
         meta = getattr(self.ds, "file_meta", None)
-        sop = _text_of(self.ds.data_element("SOPInstanceUID"))
+        sop = _text_of(self.ds.get(_SOP_INSTANCE_UID))
         if meta is not None and sop and sop != self.original_sop:
             meta.MediaStorageSOPInstanceUID = sop
         elif meta is not None and self.hashed and "MediaStorageSOPInstanceUID" in meta:

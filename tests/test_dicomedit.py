@@ -672,12 +672,6 @@ def test_hash_uid_replaces_references_inside_nested_sequences() -> None:
     assert _reread(data).file_meta.MediaStorageSOPInstanceUID == h_sop
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a hashUID over a sequence path evaluates the first item only and writes that "
-    "hash into every item, so distinct references collapse onto one UID (dicomedit.py "
-    "_Run._do_set / evaluate)",
-)
 def test_hash_uid_path_hashes_each_item_by_its_own_value() -> None:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
@@ -831,12 +825,6 @@ def test_valid_scripts_parse() -> None:
     assert parse_script('version "6.1"\r\n(0010,0010) := "x"\r\n').statements
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an invalid regular expression in a ~ condition is accepted when the script is "
-    "set and fails every file at run time (re.error), instead of being refused with its line "
-    "and column",
-)
 def test_invalid_regex_is_refused_or_harmless() -> None:
     try:
         script = parse_script('(0010,0010) ~ "[unclosed" ? - (0010,0020)')
@@ -846,11 +834,6 @@ def test_invalid_regex_is_refused_or_harmless() -> None:
     script.apply(_load("CT_small.dcm"), VARS)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: setting a private tag the file lacks is accepted when the script is set, then "
-    "apply() raises KeyError from dictionary_VR (dicomedit.py _Run._set)",
-)
 def test_setting_an_absent_private_tag_is_refused_or_works() -> None:
     try:
         script = parse_script('(0019,1099) := "x"')
@@ -861,11 +844,6 @@ def test_setting_an_absent_private_tag_is_refused_or_works() -> None:
     assert _reread(_write(ds))[0x00191099].value in ("x", b"x")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: apply() raises KeyError on a data set without SOPInstanceUID "
-    "(dicomedit.py _Run.__init__ / finish use ds.data_element('SOPInstanceUID'))",
-)
 def test_apply_on_a_dataset_without_sop_instance_uid() -> None:
     ds = Dataset()
     ds.PatientName = "No^Sop"
