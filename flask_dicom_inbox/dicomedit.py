@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
+from pydicom.values import convert_SQ
 
 SUPPORTED_VERSIONS = ("6.1", "6.0", "6.2", "6.3", "6.4", "6.5", "6.6")
 BUILTIN_VARIABLES = ("project", "subject", "session")
@@ -383,6 +385,7 @@ class _Run:
         self.hashed: dict[str, str] = {}
         self.changes: list[str] = []
         self.original_sop = _text_of(ds.get(_SOP_INSTANCE_UID))
+        _expand_un_sequences(ds)
 
     # values
     def evaluate(self, value: Value, item: tuple[TagPath, Dataset] | None = None) -> str:
@@ -544,8 +547,35 @@ class _Run:
                 meta.MediaStorageSOPInstanceUID = self.hashed[old]
 
 
+_ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
+
+
+def _expand_un_sequences(ds: Dataset) -> None:
+    """Parse private sequences an implicit-VR file left as UN bytes (pydicom cannot know an
+    unknown creator's VR), so deletions and UID replacement reach inside them."""
+    for elem in ds:
+        if elem.VR == "UN" and isinstance(elem.value, bytes) and elem.value[:4] == _ITEM_TAG_LE:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    sequence = convert_SQ(elem.value, True, True)
+            except Exception:  # noqa: S112 - not a sequence after all: the bytes stay as they are
+                continue
+            elem.VR = "SQ"
+            elem.value = sequence
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _expand_un_sequences(item)
+
+
 def _replace_uids(ds: Dataset, mapping: Mapping[str, str]) -> None:
     for elem in ds:
+        if elem.VR == "UN" and isinstance(elem.value, bytes):
+            text = elem.value.rstrip(b"\x00 ").decode("ascii", "replace")
+            if text in mapping:
+                hashed = mapping[text].encode("ascii")
+                elem.value = hashed + b"\x00" * (len(hashed) % 2)
+            continue
         if elem.VR == "UI" and elem.value:
             values = elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
             new = [mapping.get(str(v), str(v)) for v in values]

@@ -705,11 +705,6 @@ def test_hash_uid_replaces_a_private_ui_copy_in_explicit_vr() -> None:
     assert b"1.2.826.0.1.3680043.10.1234.500" not in _write(ds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: in an implicit VR file a private UID of an unknown creator reads as UN bytes; "
-    "_replace_uids only looks at VR UI, so the original UID survives in the written file",
-)
 def test_hash_uid_replaces_a_private_uid_copy_in_implicit_vr() -> None:
     ds = _private_uid_file(ImplicitVRLittleEndian)
     parse_script("(0008,0018) := hashUID[(0008,0018)]").apply(ds, VARS)
@@ -758,11 +753,6 @@ def test_deleted_values_inside_sequences_do_not_survive() -> None:
     assert b"SECRET-DEEP-NOTE" in data  # only what the script removes goes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: in an implicit VR file a private sequence of an unknown creator with a defined "
-    "length reads as UN bytes; deletion does not reach the elements inside it",
-)
 def test_deleted_values_inside_an_implicit_vr_private_sequence_do_not_survive() -> None:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
