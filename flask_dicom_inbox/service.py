@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -222,7 +223,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
     except Exception as exc:
         log.exception("dicom-inbox: request %s failed", rid)
         return _fail(state, rid, f"internal error: {type(exc).__name__}: {exc}")
-    resolution = sessions[0]["url"] if len(sessions) == 1 else _common_resolution(state, record)
+    resolution = sessions[0]["url"] if len(sessions) == 1 else _common_resolution(record)
     store.set_result(rid, sessions=sessions, resolution=resolution)
     files = sum(int(s["files"]) for s in sessions)
     store.set_status(rid, COMPLETED, f"{files} file(s) imported into {len(sessions)} session(s)")
@@ -238,7 +239,7 @@ def _fail(state: InboxState, request_id: int, message: str) -> str:
     return FAILED
 
 
-def _common_resolution(state: InboxState, record: ImportRequest) -> str:
+def _common_resolution(record: ImportRequest) -> str:
     dest = record.options.get("destination", "prearchive")
     return f"/{dest}/projects/{record.project_id}"
 
@@ -250,8 +251,8 @@ def _engine_options(state: InboxState, record: ImportRequest) -> ImportOptions:
         return p.get(name, "").strip().lower() in {"true", "1", "yes", "on"}
 
     expt_label = p.get("EXPT_LABEL") or p.get("session") or None
-    inbox_project_folder = os.path.join(str(state.config.inbox_path), "")
-    keep_root = os.path.dirname(record.session_path.rstrip("/")) + "/" == inbox_project_folder
+    # A session path that is the project's inbox folder itself is emptied, never removed.
+    keep_root = Path(record.session_path).parent == state.config.inbox_path
     return ImportOptions(
         project_id=record.project_id,
         subject_id=p.get("SUBJECT_ID") or None,
@@ -260,7 +261,7 @@ def _engine_options(state: InboxState, record: ImportRequest) -> ImportOptions:
         overwrite=p.get("overwrite", "none") or "none",
         rename=flag("rename"),
         cleanup=record.cleanup_after_import,
-        keep_root=keep_root or record.session_path.rstrip("/") == str(state.config.inbox_path),
+        keep_root=keep_root,
         max_inflated_bytes=state.config.max_inflated_bytes,
         progress_every=state.config.progress_every,
     )
