@@ -7,7 +7,7 @@ line and column of the fault) and parsed again, from a cache, when a job runs th
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,13 +91,26 @@ def site_script_text(settings: AnonymizationSettings) -> str:
 
 def steps_for_project(settings: AnonymizationSettings, project_id: str) -> list[ScriptStep]:
     """The enabled scripts for ``project_id``, site first; empty scripts are skipped."""
-    steps: list[ScriptStep] = []
+    return steps_from_texts(script_texts(settings, project_id))
+
+
+def script_texts(settings: AnonymizationSettings, project_id: str) -> list[tuple[str, str]]:
+    """``(script_id, text)`` of each enabled, non-empty script for ``project_id``, site first.
+
+    An import reads them once and hands the texts to every worker of its chunks, so a script
+    changed mid-import never gives one request two anonymizations.
+    """
+    texts: list[tuple[str, str]] = []
     site = settings.site_script()
     if site.enabled:
         text = site_script_text(settings)
         if text.strip():
-            steps.append(ScriptStep(SITE_SCRIPT_ID, compile_script(text)))
+            texts.append((SITE_SCRIPT_ID, text))
     project = settings.project_script(project_id)
     if project.enabled and project.text and project.text.strip():
-        steps.append(ScriptStep(PROJECT_SCRIPT_ID, compile_script(project.text)))
-    return steps
+        texts.append((PROJECT_SCRIPT_ID, project.text))
+    return texts
+
+
+def steps_from_texts(texts: Sequence[Sequence[str]]) -> list[ScriptStep]:
+    return [ScriptStep(script_id, compile_script(text)) for script_id, text in texts]

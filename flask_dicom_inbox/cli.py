@@ -5,10 +5,10 @@ from __future__ import annotations
 import click
 from flask import current_app
 from flask.cli import AppGroup
-from rq import SimpleWorker, Worker
 
 from .extension import current_state
 from .recovery import recover
+from .workers import make_worker
 
 dicom_inbox_cli = AppGroup("dicom-inbox", help="DICOM inbox: workers and maintenance.")
 
@@ -20,8 +20,7 @@ dicom_inbox_cli = AppGroup("dicom-inbox", help="DICOM inbox: workers and mainten
 def worker_command(burst: bool, simple: bool, with_scheduler: bool) -> None:
     """Start an RQ worker for the import queue, bound to this app."""
     state = current_state()
-    worker_class = SimpleWorker if simple else Worker
-    worker = worker_class([state.queue], connection=state.redis, job_class=state.job_class)
+    worker = make_worker(state, simple=simple)
     requeued = recover(state)
     if requeued:
         click.echo(f"re-queued request(s) whose worker died: {', '.join(map(str, requeued))}")

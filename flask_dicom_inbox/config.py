@@ -33,6 +33,14 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "DICOM_INBOX_PROGRESS_EVERY": (50, "Files between progress writes to Redis."),
     "DICOM_INBOX_URL_PREFIX": ("", "Prefix of the blueprint's routes (e.g. /xnat)."),
     "DICOM_INBOX_SESSION_TTL": (900, "Idle lifetime in seconds of a JSESSIONID login session."),
+    "DICOM_INBOX_CHUNK_FILES": (
+        256,
+        "Files per chunk of work; any worker may take a chunk of a running import.",
+    ),
+    "DICOM_INBOX_HELPER_JOBS": (
+        4,
+        "Helper jobs an import queues per phase so other workers join it; 0 = none.",
+    ),
     "DICOM_INBOX_LEASE_SECONDS": (
         30,
         "A running import renews a lease this often x3; a dead worker's lapses after it.",
@@ -59,6 +67,8 @@ class InboxConfig:
     progress_every: int
     url_prefix: str
     lease_seconds: int
+    chunk_files: int = 256
+    helper_jobs: int = 4
 
     @classmethod
     def from_app(cls, app: Flask) -> InboxConfig:
@@ -85,6 +95,8 @@ class InboxConfig:
             progress_every=max(1, int(c["DICOM_INBOX_PROGRESS_EVERY"])),
             url_prefix=str(c["DICOM_INBOX_URL_PREFIX"] or "").rstrip("/"),
             lease_seconds=max(1, int(c["DICOM_INBOX_LEASE_SECONDS"])),
+            chunk_files=max(1, int(c["DICOM_INBOX_CHUNK_FILES"])),
+            helper_jobs=max(0, int(c["DICOM_INBOX_HELPER_JOBS"])),
         )
 
 

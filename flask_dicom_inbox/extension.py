@@ -11,7 +11,7 @@ from flask import Flask, current_app
 from flask_httpauth import HTTPBasicAuth
 from rq import Queue
 
-from .anon_scripts import DefaultAnonymizationSettings, steps_for_project
+from .anon_scripts import DefaultAnonymizationSettings, script_texts, steps_from_texts
 from .api import build_blueprint
 from .auth import build_basic_auth
 from .config import DEFAULTS, InboxConfig
@@ -49,9 +49,13 @@ class InboxState:
 
     def anonymization_steps(self, record: ImportRequest) -> Sequence[AnonymizationStep]:
         """Site script, then project script; none with ``prevent_anon=true``."""
+        return steps_from_texts(self.anonymization_texts(record))
+
+    def anonymization_texts(self, record: ImportRequest) -> list[tuple[str, str]]:
+        """``(script_id, text)`` of the scripts :meth:`anonymization_steps` would run."""
         if record.parameters.get("prevent_anon", "").strip().lower() in {"true", "1", "yes"}:
-            return ()
-        return steps_for_project(self.anonymization, record.project_id)
+            return []
+        return script_texts(self.anonymization, record.project_id)
 
     def signal(self, name: str, record: ImportRequest | None) -> None:
         from . import signals

@@ -1,14 +1,19 @@
 """The import engine: walk, read headers, group into sessions and scans, store, clean up.
 
 It keeps one small record per file (path, stat, a few header fields), never datasets, so memory
-stays flat with the session's size. Each stored file goes through a temporary name and fsync
-(see :mod:`.storage`); sources are deleted only after every imported file is durable, and only
-when unchanged since the scan.
+stays flat with the session's size. The two heavy phases, reading headers and storing files,
+run in chunks through a *phase runner* (:mod:`.fanout`): any worker sharing the Redis may take
+a chunk, so one large request uses every worker. Each stored file goes through a temporary
+name; a chunk's files are made durable with one filesystem sync, then published under their
+names (see :mod:`.storage`). Sources are deleted only after every imported file is durable,
+and only when unchanged since the scan.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import functools
 import os
 import shutil
@@ -35,14 +40,20 @@ from .protocols import Destination, SessionStorage
 from .requests import ImportRequest, RequestStore
 from .storage import (
     TEMP_PREFIX,
-    copy_atomically,
+    copy_to_temp,
     fsync_dir,
     make_dirs,
-    move_atomically,
+    publish,
     remove_temp_files,
     safe_file_name,
-    write_atomically,
+    sync_filesystem,
+    write_temp,
 )
+
+#: ``(phase, payloads, meta) -> results``, one result per payload, in order.
+PhaseRunner = Callable[[str, Sequence[Any], Mapping[str, Any]], list[Any]]
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class AnonymizationStep(Protocol):
@@ -105,6 +116,7 @@ class ImportOptions:
     keep_root: bool
     max_inflated_bytes: int
     progress_every: int
+    chunk_files: int = 256
 
 
 class ProgressReporter:
@@ -196,24 +208,219 @@ def _rel(root: Path, path: Path) -> str:
         return path.name
 
 
-def read_headers(
-    files: Sequence[ScannedFile], options: ImportOptions, report: ProgressReporter
-) -> list[ScannedFile]:
-    """Read each file's header; non-DICOM files are reported and counted as skipped."""
-    readable: list[ScannedFile] = []
-    for sf in files:
+# -- chunk work: runs in the coordinator or in any helper job ---------------------------------
+def read_header_chunk(
+    payload: Sequence[Sequence[str]],
+    heartbeat: Callable[[], None],
+    *,
+    max_inflated_bytes: int,
+    report: ProgressReporter,
+) -> list[dict[str, Any]]:
+    """``[[path, rel], ...]`` -> per file ``{"h": header fields}`` or ``{"e": reason}``."""
+    out: list[dict[str, Any]] = []
+    for path, _rel_name in payload:
+        heartbeat()
         try:
-            sf.header = read_header(sf.path, max_inflated_bytes=options.max_inflated_bytes)
+            header = read_header(Path(path), max_inflated_bytes=max_inflated_bytes)
         except NotImportable as exc:
-            report.error(sf.rel, str(exc))
+            out.append({"e": str(exc)})
             report.add(filesDone=1, filesSkipped=1)
             continue
         except OSError as exc:
-            report.error(sf.rel, f"cannot read: {exc.strerror or exc}")
+            out.append({"e": f"cannot read: {exc.strerror or exc}"})
             report.add(filesDone=1, filesSkipped=1)
             continue
-        readable.append(sf)
-    return readable
+        out.append({"h": dataclasses.asdict(header)})
+    report.flush()
+    return out
+
+
+class FileStorer:
+    """Stores one chunk of planned files: every file written first, one sync, then named.
+
+    A planned file is a dict: ``src``, ``rel``, ``size``, ``mtime``, ``ino`` (the scan's
+    stat), ``dir`` (the scan folder), ``name`` (``None``: XNAT's template name from the
+    written header), ``label`` and ``subject`` (script variables). Each result is
+    ``{"n": bytes, "how": "write"|"copy"|"move"|"existing", "name": ...}`` or
+    ``{"e": reason}`` (with ``"full": true`` when the destination filled up).
+    """
+
+    def __init__(
+        self,
+        *,
+        options: ImportOptions,
+        anonymization: Sequence[AnonymizationStep],
+        report: ProgressReporter,
+    ) -> None:
+        self.options = options
+        self.anonymization = list(anonymization)
+        self.report = report
+
+    def __call__(
+        self, payload: Sequence[Mapping[str, Any]], heartbeat: Callable[[], None]
+    ) -> list[dict[str, Any]]:
+        results: list[dict[str, Any] | None] = [None] * len(payload)
+        staged: list[tuple[int, Path, Path, int, str]] = []
+        linked: list[tuple[int, Path, Path]] = []
+        full = False
+        try:
+            for idx, item in enumerate(payload):
+                heartbeat()
+                try:
+                    self._stage(idx, item, results, staged, linked)
+                except _FileProblem as exc:
+                    results[idx] = {"e": str(exc)}
+                except OSError as exc:
+                    results[idx] = {"e": f"cannot store: {exc.strerror or exc}"}
+                    if exc.errno in _DISK_FULL:
+                        results[idx]["full"] = True  # type: ignore[index]
+                        full = True
+                        break
+                except Exception as exc:  # a script or pydicom fault on one file only
+                    results[idx] = {"e": f"cannot process: {type(exc).__name__}: {exc}"}
+            if full:
+                for _idx, _src, target in linked:  # the sources still hold these files
+                    with contextlib.suppress(OSError):
+                        os.unlink(target)
+            else:
+                self._publish(payload, results, staged, linked)
+        finally:
+            for _idx, tmp, _target, _size, _how in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+        final: list[dict[str, Any]] = []
+        for result in results:
+            if result is None:
+                result = {"e": "not stored: the destination is full"}
+            final.append(result)
+            if "n" in result:
+                self.report.add(filesDone=1, filesImported=1, bytesDone=int(result["n"]))
+            else:
+                self.report.add(filesDone=1, filesSkipped=1)
+        self.report.flush()
+        return final
+
+    def _stage(
+        self,
+        idx: int,
+        item: Mapping[str, Any],
+        results: list[dict[str, Any] | None],
+        staged: list[tuple[int, Path, Path, int, str]],
+        linked: list[tuple[int, Path, Path]],
+    ) -> None:
+        src = Path(item["src"])
+        if not _unchanged(src, item):
+            raise _FileProblem("changed or removed since the folder was scanned")
+        folder = Path(item["dir"])
+        if self.anonymization:
+            data, header = self._anonymized_bytes(src, item)
+            target = folder / (item["name"] or template_file_name(header))
+            if os.path.lexists(target):
+                results[idx] = _existing(src, item, target, data)
+                return
+            tmp, size = write_temp(folder, functools.partial(_write_all, data))
+            staged.append((idx, tmp, target, size, "write"))
+            return
+        target = folder / item["name"]
+        if os.path.lexists(target):
+            results[idx] = _existing(src, item, target, None)
+            return
+        if self.options.cleanup:
+            try:
+                os.link(src, target, follow_symlinks=False)
+                linked.append((idx, src, target))
+                return
+            except FileExistsError:
+                results[idx] = _existing(src, item, target, None)
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                    raise
+        tmp, size = copy_to_temp(src, folder)
+        staged.append((idx, tmp, target, size, "copy"))
+
+    def _publish(
+        self,
+        payload: Sequence[Mapping[str, Any]],
+        results: list[dict[str, Any] | None],
+        staged: list[tuple[int, Path, Path, int, str]],
+        linked: list[tuple[int, Path, Path]],
+    ) -> None:
+        """Durable first (one sync per filesystem), then named, then folders fsync'd."""
+        try:
+            if staged:
+                devices: dict[int, Path] = {}
+                for _idx, tmp, _target, _size, _how in staged:
+                    devices.setdefault(os.stat(tmp.parent).st_dev, tmp.parent)
+                for folder in devices.values():
+                    sync_filesystem(folder)
+            folders = {target.parent for _i, _t, target, _s, _h in staged}
+            for idx, tmp, target, size, how in staged:
+                try:
+                    publish(tmp, target)
+                    results[idx] = {"n": size, "how": how, "name": target.name}
+                except FileExistsError:  # stored meanwhile by a retried chunk: the same file?
+                    if _same_bytes(tmp, target):
+                        results[idx] = {"n": size, "how": "existing", "name": target.name}
+                    else:
+                        results[idx] = {"e": f"a different file already exists at {target.name}"}
+            folders.update(target.parent for _i, _s, target in linked)
+            for folder in folders:
+                fsync_dir(folder)
+        except OSError as exc:
+            reason = {"e": f"cannot store: {exc.strerror or exc}"}
+            if exc.errno in _DISK_FULL:
+                reason["full"] = True  # type: ignore[assignment]
+            for idx, *_rest in staged:
+                if results[idx] is None:
+                    results[idx] = dict(reason)
+            for idx, _src, target in linked:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
+                results[idx] = dict(reason)
+            return
+        # Moves: the new names are durable, so the old ones may go.
+        source_folders: set[Path] = set()
+        for idx, src, target in linked:
+            results[idx] = {"n": int(payload[idx]["size"]), "how": "move", "name": target.name}
+            try:
+                os.unlink(src)
+                source_folders.add(src.parent)
+            except OSError:
+                pass  # stored; the cleanup pass deletes or reports the source
+        for folder in source_folders:
+            with contextlib.suppress(OSError):
+                fsync_dir(folder)
+
+    def _anonymized_bytes(self, src: Path, item: Mapping[str, Any]) -> tuple[bytes, DicomHeader]:
+        """Full read, every script in order, then the bytes to write and their header."""
+        ds = read_full(src)
+        variables = {
+            "project": self.options.project_id,
+            "subject": str(item["subject"]),
+            "session": str(item["label"]),
+        }
+        for step in self.anonymization:
+            step.apply(ds, variables)
+        return encode_dataset(ds), header_of(ds)
+
+
+def _existing(
+    src: Path, item: Mapping[str, Any], target: Path, data: bytes | None
+) -> dict[str, Any]:
+    """A retried chunk meets its own earlier output: accept it when it is this file.
+
+    Anonymization is deterministic, so a re-run gives the same bytes; a plain copy is the
+    source's bytes (or, after a rename-move, its very inode).
+    """
+    st = os.lstat(target)
+    if stat.S_ISREG(st.st_mode):
+        if data is not None:
+            if st.st_size == len(data) and target.read_bytes() == data:
+                return {"n": st.st_size, "how": "existing", "name": target.name}
+        elif st.st_ino == int(item["ino"]) or _same_bytes(src, target):
+            return {"n": st.st_size, "how": "existing", "name": target.name}
+    raise _FileProblem(f"a different file already exists at {target.name}")
 
 
 def group_sessions(
@@ -277,7 +484,12 @@ def _series_order(item: tuple[tuple[str, str], list[ScannedFile]]) -> tuple[str,
 
 
 class ImportEngine:
-    """Runs one request's import; the RQ job wraps it with status changes and locking."""
+    """The coordinator of one request's import; the RQ job wraps it with status and lease.
+
+    ``runner`` executes a phase's chunks (see :mod:`.fanout`); ``script_texts`` are the
+    anonymization scripts as ``[script_id, text]`` pairs, handed to every chunk's worker so
+    all of them apply the very same scripts.
+    """
 
     def __init__(
         self,
@@ -286,14 +498,16 @@ class ImportEngine:
         store: RequestStore,
         storage: SessionStorage,
         options: ImportOptions,
-        anonymization: Sequence[AnonymizationStep] = (),
+        runner: PhaseRunner,
+        script_texts: Sequence[Sequence[str]] = (),
         on_progress: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.request = request
         self.store = store
         self.storage = storage
         self.options = options
-        self.anonymization = list(anonymization)
+        self.runner = runner
+        self.script_texts = [list(pair) for pair in script_texts]
         self.report = ProgressReporter(store, request.id, options.progress_every, on_progress)
         self.sessions_out: list[dict[str, Any]] = []
 
@@ -303,21 +517,49 @@ class ImportEngine:
         files = walk_files(root, self.report)
         self.store.set_progress(self.request.id, filesFound=len(files))
         self.report.flush()
-        readable = read_headers(files, self.options, self.report)
+        readable = self._read_headers(files)
         sessions = group_sessions(readable, self.options, self.report)
         self.report.flush()
         timestamp = self._prearchive_timestamp()
-        stored: list[ScannedFile] = []
         self._check_destinations(sessions)
-        for session in sessions:
-            stored.extend(self._store_session(session, timestamp))
-        self.report.flush()
+        planned, owners, folders = self._plan(sessions, timestamp)
+        results = self._run_chunks("store", planned, {"scripts": self.script_texts})
+        stored = self._tally(sessions, planned, owners, results, folders, timestamp)
         if self.options.cleanup:
             self._cleanup(root, stored)
         self.report.flush()
+        self.store.set_progress(
+            self.request.id,
+            filesFound=len(files),
+            filesDone=len(files),
+            filesImported=len(stored),
+            filesSkipped=len(files) - len(stored),
+            bytesDone=sum(sf.size for sf in stored),
+        )
         if not stored:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
         return self.sessions_out
+
+    def _run_chunks(self, phase: str, items: Sequence[Any], meta: Mapping[str, Any]) -> list[Any]:
+        size = max(1, self.options.chunk_files)
+        payloads = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        results: list[Any] = []
+        for chunk in self.runner(phase, payloads, meta):
+            results.extend(chunk)
+        return results
+
+    # -- headers ----------------------------------------------------------------------------
+    def _read_headers(self, files: Sequence[ScannedFile]) -> list[ScannedFile]:
+        """Read each file's header (in chunks); non-DICOM files are reported and skipped."""
+        results = self._run_chunks("headers", [[str(sf.path), sf.rel] for sf in files], {})
+        readable: list[ScannedFile] = []
+        for sf, result in zip(files, results, strict=True):
+            if "h" in result:
+                sf.header = DicomHeader(**result["h"])
+                readable.append(sf)
+            else:
+                self.report.error(sf.rel, str(result["e"]))
+        return readable
 
     # -- destination ------------------------------------------------------------------------
     def _prearchive_timestamp(self) -> str:
@@ -355,139 +597,129 @@ class ImportEngine:
             self.store.set_option(self.request.id, "claimedSessions", claimed)
             self.request.options["claimedSessions"] = claimed
 
-    # -- storing ----------------------------------------------------------------------------
-    def _store_session(self, session: SessionGroup, timestamp: str) -> list[ScannedFile]:
+    # -- planning ---------------------------------------------------------------------------
+    def _plan(
+        self, sessions: Sequence[SessionGroup], timestamp: str
+    ) -> tuple[list[dict[str, Any]], list[tuple[int, ScannedFile]], list[Path]]:
+        """Create the scan folders and decide each file's target; nothing is written yet."""
         opts = self.options
-        folder = self.storage.session_folder(
-            opts.destination, opts.project_id, session.label, timestamp
-        )
-        self._claim(session.label)
-        if opts.overwrite == "delete" and folder.exists():
-            self._set_aside(folder)
-        remove_temp_files(folder)  # a killed earlier attempt of this request left them
+        planned: list[dict[str, Any]] = []
+        owners: list[tuple[int, ScannedFile]] = []
+        folders: list[Path] = []
+        anonymizing = bool(self.script_texts)
+        for number, session in enumerate(sessions):
+            folder = self.storage.session_folder(
+                opts.destination, opts.project_id, session.label, timestamp
+            )
+            folders.append(folder)
+            self._claim(session.label)
+            if opts.overwrite == "delete" and folder.exists():
+                self._set_aside(folder)
+            remove_temp_files(folder)  # a killed earlier attempt of this request left them
+            for scan in session.scans.values():
+                scan_dir = folder / "SCANS" / scan.folder / "DICOM"
+                for made in make_dirs(scan_dir):
+                    fsync_dir(made.parent)
+                names = _names(scan.files, anonymizing, opts.rename)
+                for sf, name in zip(scan.files, names, strict=True):
+                    planned.append(
+                        {
+                            "src": str(sf.path),
+                            "rel": sf.rel,
+                            "size": sf.size,
+                            "mtime": sf.mtime_ns,
+                            "ino": sf.ino,
+                            "dir": str(scan_dir),
+                            "name": name,
+                            "label": session.label,
+                            "subject": session.subject,
+                        }
+                    )
+                    owners.append((number, sf))
+        return planned, owners, folders
+
+    def _tally(
+        self,
+        sessions: Sequence[SessionGroup],
+        planned: Sequence[Mapping[str, Any]],
+        owners: Sequence[tuple[int, ScannedFile]],
+        results: Sequence[Mapping[str, Any]],
+        folders: Sequence[Path],
+        timestamp: str,
+    ) -> list[ScannedFile]:
+        """Record each file's outcome; on a full destination undo this request's copies."""
         stored: list[ScannedFile] = []
-        for scan in session.scans.values():
-            scan_dir = folder / "SCANS" / scan.folder / "DICOM"
-            created = make_dirs(scan_dir)
-            for made in created:
-                fsync_dir(made.parent)
-            used: set[str] = set()
-            for sf in scan.files:
-                size = self._store_file(session, sf, scan_dir, used)
-                if size is None:
-                    continue
+        counts = [0] * len(sessions)
+        full: str | None = None
+        for (number, sf), result in zip(owners, results, strict=True):
+            if "n" in result:
                 stored.append(sf)
-        self._drop_set_aside(folder)
-        count = len(stored)
-        self.sessions_out.append(
-            {
-                "label": session.label,
-                "subject": session.subject,
-                "studyInstanceUid": session.study_instance_uid,
-                "destination": opts.destination,
-                "url": self.storage.session_url(
-                    opts.destination, opts.project_id, session.subject, session.label, timestamp
-                ),
-                "scans": len(session.scans),
-                "files": count,
-            }
-        )
+                counts[number] += 1
+            else:
+                self.report.error(sf.rel, str(result["e"]))
+                if result.get("full") and full is None:
+                    full = str(result["e"])
+        if full is not None:
+            kept = self._roll_back(planned, results, folders)
+            raise ImportFailed(
+                f"the destination is full ({full}); the copies this request had written were "
+                f"removed{f', {kept} moved file(s) kept there' if kept else ''} and the "
+                "sources are untouched"
+            )
+        opts = self.options
+        for number, session in enumerate(sessions):
+            self._drop_set_aside(folders[number])
+            self.sessions_out.append(
+                {
+                    "label": session.label,
+                    "subject": session.subject,
+                    "studyInstanceUid": session.study_instance_uid,
+                    "destination": opts.destination,
+                    "url": self.storage.session_url(
+                        opts.destination, opts.project_id, session.subject, session.label, timestamp
+                    ),
+                    "scans": len(session.scans),
+                    "files": counts[number],
+                }
+            )
         return stored
 
-    def _file_name(self, sf: ScannedFile, header: DicomHeader, used: set[str]) -> str:
-        """The original name, sanitised, or XNAT's template (``rename=true`` or a clash).
+    def _roll_back(
+        self,
+        planned: Sequence[Mapping[str, Any]],
+        results: Sequence[Mapping[str, Any]],
+        folders: Sequence[Path],
+    ) -> int:
+        """Remove every stored file whose source still exists; return how many were kept."""
+        kept = 0
+        for item, result in zip(planned, results, strict=True):
+            if "n" not in result:
+                continue
+            if not os.path.lexists(item["src"]):
+                kept += 1  # moved: the stored file is the only copy
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(Path(item["dir"]) / str(result["name"]))
+        for folder in folders:
+            for emptied in _folders_bottom_up(folder):
+                with contextlib.suppress(OSError):
+                    emptied.rmdir()
+            aside = self._aside(folder)
+            if aside.exists() and not folder.exists():
+                os.rename(aside, folder)
+        return kept
 
-        ``header`` is the written file's: after anonymization, so no original UID leaks
-        into a name through the template.
-        """
-        name = template_file_name(header) if self.options.rename else safe_file_name(sf.path.name)
-        if name in used:
-            name = template_file_name(header)
-        n = 1
-        base = name
-        while name in used:
-            n += 1
-            name = f"{n}-{base}"
-        used.add(name)
-        return name
-
-    def _store_file(
-        self, session: SessionGroup, sf: ScannedFile, scan_dir: Path, used: set[str]
-    ) -> int | None:
-        """Store one file; record and skip it on any per-file fault. Returns bytes written."""
-        assert sf.header is not None
-        try:
-            if not _unchanged(sf):
-                raise _FileProblem("changed or removed since the folder was scanned")
-            if self.anonymization:
-                data, header = self._anonymized_bytes(session, sf)
-                target = scan_dir / self._file_name(sf, header, used)
-                if target.exists():
-                    size = self._already_stored(sf, target, data)
-                else:
-                    size = write_atomically(target, functools.partial(_write_all, data))
-            else:
-                target = scan_dir / self._file_name(sf, sf.header, used)
-                if target.exists():
-                    size = self._already_stored(sf, target, None)
-                elif self.options.cleanup and move_atomically(sf.path, target):
-                    size = sf.size
-                else:
-                    size = copy_atomically(sf.path, target)
-        except _FileProblem as exc:
-            self._fail_file(sf, str(exc))
-            return None
-        except OSError as exc:
-            self._fail_file(sf, f"cannot store: {exc.strerror or exc}")
-            if exc.errno in (28, 122):  # ENOSPC, EDQUOT: every next file would fail the same way
-                raise ImportFailed(f"destination is full: {exc.strerror}") from exc
-            return None
-        except Exception as exc:  # a script or pydicom fault on one file must not stop the rest
-            self._fail_file(sf, f"cannot process: {type(exc).__name__}: {exc}")
-            return None
-        self.report.add(filesDone=1, filesImported=1, bytesDone=size)
-        return size
-
-    def _already_stored(self, sf: ScannedFile, target: Path, data: bytes | None) -> int:
-        """A retried job meets its own earlier output: accept it when it is this file.
-
-        Anonymization is deterministic, so a re-run gives the same bytes; a plain copy is the
-        source's bytes (or, after a rename-move, its very inode).
-        """
-        st = os.lstat(target)
-        if data is not None:
-            if st.st_size == len(data) and target.read_bytes() == data:
-                return st.st_size
-        elif st.st_ino == sf.ino or _same_bytes(sf.path, target):
-            return st.st_size
-        raise _FileProblem(f"a different file already exists at {target.name}")
-
-    def _anonymized_bytes(
-        self, session: SessionGroup, sf: ScannedFile
-    ) -> tuple[bytes, DicomHeader]:
-        """Full read, every script in order, then the bytes to write and their header."""
-        ds = read_full(sf.path)
-        variables = {
-            "project": self.options.project_id,
-            "subject": session.subject,
-            "session": session.label,
-        }
-        for step in self.anonymization:
-            step.apply(ds, variables)
-        return encode_dataset(ds), header_of(ds)
-
-    def _fail_file(self, sf: ScannedFile, reason: str) -> None:
-        self.report.error(sf.rel, reason)
-        self.report.add(filesDone=1, filesSkipped=1)
+    def _aside(self, folder: Path) -> Path:
+        return folder.with_name(f"{TEMP_PREFIX}old-{self.request.id}-{folder.name}")
 
     def _set_aside(self, folder: Path) -> None:
-        aside = folder.with_name(f"{TEMP_PREFIX}old-{self.request.id}-{folder.name}")
+        aside = self._aside(folder)
         if not aside.exists():
             os.rename(folder, aside)
             fsync_dir(folder.parent)
 
     def _drop_set_aside(self, folder: Path) -> None:
-        aside = folder.with_name(f"{TEMP_PREFIX}old-{self.request.id}-{folder.name}")
+        aside = self._aside(folder)
         if aside.exists():
             shutil.rmtree(aside)
 
@@ -495,9 +727,9 @@ class ImportEngine:
     def _cleanup(self, root: Path, stored: Sequence[ScannedFile]) -> None:
         """Delete imported sources (all already durable), then emptied folders."""
         for sf in stored:
-            if not sf.path.exists() and not sf.path.is_symlink():
+            if not os.path.lexists(sf.path):
                 continue  # moved by rename
-            if not _unchanged(sf):
+            if not _unchanged(sf.path, _stat_of(sf)):
                 self.report.error(sf.rel, "changed since the scan; imported copy kept, source kept")
                 continue
             try:
@@ -511,6 +743,37 @@ class ImportEngine:
                 folder.rmdir()
 
 
+def _names(files: Sequence[ScannedFile], anonymizing: bool, rename: bool) -> list[str | None]:
+    """Each file's name in its scan folder: the original name, sanitised, or XNAT's template.
+
+    The template (``rename=true``, or a name two files share) is taken from the written
+    header: after anonymization it is left to the chunk's worker (``None``), so no original
+    UID leaks into a name.
+    """
+    names: list[str | None] = []
+    used: set[str] = set()
+    counts: dict[str, int] = defaultdict(int)
+    for sf in files:
+        counts[safe_file_name(sf.path.name)] += 1
+    for sf in files:
+        assert sf.header is not None
+        original = safe_file_name(sf.path.name)
+        if not rename and counts[original] == 1:
+            used.add(original)
+            names.append(original)
+        elif anonymizing:
+            names.append(None)
+        else:
+            name = template_file_name(sf.header)
+            base, n = name, 1
+            while name in used:
+                n += 1
+                name = f"{n}-{base}"
+            used.add(name)
+            names.append(name)
+    return names
+
+
 class _FileProblem(Exception):
     pass
 
@@ -519,13 +782,20 @@ def _write_all(data: bytes, out: BinaryIO) -> None:
     out.write(data)
 
 
-def _unchanged(sf: ScannedFile) -> bool:
+def _stat_of(sf: ScannedFile) -> dict[str, int]:
+    return {"size": sf.size, "mtime": sf.mtime_ns, "ino": sf.ino}
+
+
+def _unchanged(path: Path, seen: Mapping[str, Any]) -> bool:
+    """Still the regular file the scan saw (size, mtime and inode)."""
     try:
-        st = os.lstat(sf.path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return False
-    return (st.st_size, st.st_mtime_ns, st.st_ino) == (sf.size, sf.mtime_ns, sf.ino) and (
-        stat.S_ISREG(st.st_mode)
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns, st.st_ino) == (
+        int(seen["size"]),
+        int(seen["mtime"]),
+        int(seen["ino"]),
     )
 
 

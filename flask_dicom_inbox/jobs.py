@@ -47,3 +47,11 @@ def job_id_for(key_prefix: str, request_id: int) -> str:
     """
     namespace = re.sub(r"[^A-Za-z0-9_-]", "-", key_prefix).strip("-") or "dicom-inbox"
     return f"{namespace}-import-{int(request_id)}"
+
+
+def help_import_job(request_id: int, run: str, phase: str) -> int:
+    """Take chunks of a running import (any worker, any machine); returns how many it did."""
+    from .extension import current_state
+    from .service import help_import
+
+    return help_import(current_state(), int(request_id), str(run), str(phase))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,9 +13,18 @@ import redis
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
+from .anon_scripts import steps_from_texts
 from .errors import BadRequest, Conflict, DicomInboxError, Forbidden, ImportFailed
-from .importer import ImportEngine, ImportOptions
-from .jobs import job_id_for, run_import
+from .fanout import ChunkBoard, ChunkWork, begin_run, end_run, is_current, run_phase, work_through
+from .importer import (
+    FileStorer,
+    ImportEngine,
+    ImportOptions,
+    PhaseRunner,
+    ProgressReporter,
+    read_header_chunk,
+)
+from .jobs import help_import_job, job_id_for, run_import
 from .protocols import Destination, InboxUser, ProjectSettings
 from .recovery import Lease
 from .registry import Submission
@@ -192,10 +202,11 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
     store.set_status(rid, IMPORTING, "importing")
     state.signal("import_started", record)
 
-    def on_progress(totals: dict[str, int]) -> None:
-        if job is not None:
+    def on_progress(_totals: dict[str, int]) -> None:
+        if job is not None:  # the request's counters: every chunk's worker adds to them
+            current = store.get(rid)
             job.meta["request_id"] = rid
-            job.meta["progress"] = totals
+            job.meta["progress"] = dict(current.progress) if current else {}
             job.save_meta()  # type: ignore[no-untyped-call]
 
     try:
@@ -204,17 +215,23 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
         if project is None:
             raise ImportFailed(f"project {record.project_id!r} no longer exists")
         options = _engine_options(state, record)
-        steps = state.anonymization_steps(record)
-        engine = ImportEngine(
-            request=record,
-            store=store,
-            storage=state.storage,
-            options=options,
-            anonymization=steps,
-            on_progress=on_progress,
+        run = begin_run(
+            state.redis, state.config.key_prefix, rid, claim_seconds=state.config.lease_seconds
         )
-        with handler.open_source(record, state.config) as root:
-            sessions = engine.run(root)
+        try:
+            engine = ImportEngine(
+                request=record,
+                store=store,
+                storage=state.storage,
+                options=options,
+                runner=_phase_runner(state, record, run),
+                script_texts=state.anonymization_texts(record),
+                on_progress=on_progress,
+            )
+            with handler.open_source(record, state.config) as root:
+                sessions = engine.run(root)
+        finally:
+            end_run(state.redis, state.config.key_prefix, rid, run)
     except (ImportFailed, DicomInboxError) as exc:
         return _fail(state, rid, exc.message)
     except JobTimeoutException:
@@ -264,4 +281,89 @@ def _engine_options(state: InboxState, record: ImportRequest) -> ImportOptions:
         keep_root=keep_root,
         max_inflated_bytes=state.config.max_inflated_bytes,
         progress_every=state.config.progress_every,
+        chunk_files=state.config.chunk_files,
+    )
+
+
+# -- fan-out: the chunks of one request, done by its own job and by helper jobs ---------------
+def _board(state: InboxState, request_id: int, run: str, phase: str) -> ChunkBoard:
+    return ChunkBoard(
+        state.redis,
+        state.config.key_prefix,
+        request_id,
+        run,
+        phase,
+        claim_seconds=state.config.lease_seconds,
+    )
+
+
+def _phase_runner(state: InboxState, record: ImportRequest, run: str) -> PhaseRunner:
+    def runner(phase: str, payloads: Sequence[Any], meta: Mapping[str, Any]) -> list[Any]:
+        return run_phase(
+            _board(state, record.id, run, phase),
+            payloads,
+            meta,
+            chunk_work(state, record, phase, meta),
+            start_helpers=lambda n: enqueue_helpers(state, record, run, phase, n),
+            max_helpers=state.config.helper_jobs,
+        )
+
+    return runner
+
+
+def chunk_work(
+    state: InboxState, record: ImportRequest, phase: str, meta: Mapping[str, Any]
+) -> ChunkWork:
+    """The work on one chunk of ``phase``: the same in the request's job and in helpers."""
+    report = ProgressReporter(state.store, record.id, state.config.progress_every)
+    if phase == "headers":
+        return functools.partial(
+            read_header_chunk, max_inflated_bytes=state.config.max_inflated_bytes, report=report
+        )
+    if phase == "store":
+        return FileStorer(
+            options=_engine_options(state, record),
+            anonymization=steps_from_texts(meta.get("scripts", [])),
+            report=report,
+        )
+    raise ValueError(f"unknown phase {phase!r}")
+
+
+def enqueue_helpers(
+    state: InboxState, record: ImportRequest, run: str, phase: str, count: int
+) -> list[Job]:
+    """Queue ``count`` helper jobs at the front, so idle workers join this request at once."""
+    base = job_id_for(state.config.key_prefix, record.id)
+    return [
+        state.queue.enqueue_call(
+            func=help_import_job,
+            args=(record.id, run, phase),
+            job_id=f"{base}-{run}-{phase}-{n}",
+            description=f"DICOM inbox import request {record.id}: helper ({phase})",
+            timeout=job_timeout(state, record),
+            result_ttl=600,
+            failure_ttl=24 * 3600,
+            meta={"request_id": record.id, "helper": phase},
+            at_front=True,
+        )
+        for n in range(count)
+    ]
+
+
+def help_import(state: InboxState, request_id: int, run: str, phase: str) -> int:
+    """A helper job's body: take chunks of the run's phase until none is left."""
+    prefix = state.config.key_prefix
+    if not is_current(state.redis, prefix, request_id, run):
+        return 0
+    record = state.store.get(request_id)
+    if record is None or record.finished:
+        return 0
+    board = _board(state, request_id, run, phase)
+    meta = board.meta()
+    if meta is None:
+        return 0
+    return work_through(
+        board,
+        chunk_work(state, record, phase, meta),
+        keep_going=lambda: is_current(state.redis, prefix, request_id, run),
     )

@@ -2,15 +2,21 @@
 
 Every file lands through a temporary name in its destination folder, is fsync'd, renamed into
 place and its folder fsync'd: a crash leaves either no file or the whole file, never a part.
+For a batch of files the engine writes every temporary file first, makes them durable with one
+``syncfs`` of the destination filesystem (:func:`sync_filesystem`), then publishes each under
+its name (:func:`publish`): the same guarantee at the cost of one sync instead of one per file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -152,6 +158,78 @@ def move_atomically(source: Path, target: Path) -> bool:
     os.unlink(source)
     fsync_dir(source.parent)
     return True
+
+
+def write_temp(folder: Path, write: Callable[[BinaryIO], None]) -> tuple[Path, int]:
+    """Write a new temporary file in ``folder`` (not yet durable); return it and its size.
+
+    The file is removed again if ``write`` fails, a job timeout included.
+    """
+    tmp = _temp_name(folder)
+    try:
+        with open(tmp, "xb") as out:
+            write(out)
+            return tmp, out.tell()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def copy_to_temp(source: Path, folder: Path) -> tuple[Path, int]:
+    """Copy ``source`` (never through a symlink) to a new temporary file in ``folder``."""
+
+    def _copy(out: BinaryIO) -> None:
+        with open(source, "rb", opener=_open_nofollow) as src:
+            if sys.platform == "linux":
+                _sendfile_all(src.fileno(), out.fileno())
+            else:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+
+    return write_temp(folder, _copy)
+
+
+def _sendfile_all(src: int, dst: int) -> None:
+    size = os.fstat(src).st_size
+    offset = 0
+    while offset < size:
+        sent = os.sendfile(dst, src, offset, min(size - offset, 1 << 30))
+        if sent == 0:
+            break
+        offset += sent
+    os.lseek(dst, offset, os.SEEK_SET)
+
+
+def publish(tmp: Path, target: Path) -> None:
+    """Give a durable temporary file its name; ``FileExistsError`` if the name is taken.
+
+    On ``FileExistsError`` the temporary file stays, for the caller to compare and remove.
+    The caller fsyncs ``target``'s folder afterwards (once per folder for a batch).
+    """
+    _link_no_replace(tmp, target)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush every written file of the filesystem holding ``path`` (Linux ``syncfs``).
+
+    One call makes a whole batch of files durable; elsewhere it falls back to ``sync``.
+    """
+    syncfs = getattr(_libc, "syncfs", None)
+    if syncfs is None:
+        os.sync()
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
 
 
 def _link_no_replace(tmp: Path, target: Path) -> None:

@@ -1,0 +1,248 @@
+"""One request's work in chunks that every worker sharing the Redis can take.
+
+The request's own job (the coordinator) posts a phase's chunks on a board in Redis, queues a
+few helper jobs, and works through the chunks itself; a helper job that any worker on any
+machine picks up takes chunks from the same board. A chunk is claimed with an expiring key
+that is renewed while it runs: a helper that dies loses its claim and the coordinator posts
+the chunk again. Work on a chunk is idempotent (a file stored twice is stored once), so a
+chunk done twice does no harm.
+
+Each attempt at a request is a *run* with its own token. A new run first waits until no
+claim of an earlier run is alive, so an orphaned helper never races the retry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import redis
+
+log = logging.getLogger("flask_dicom_inbox")
+
+#: Chunk keys outlive a dead run this long at most (a live run deletes them at its end).
+KEY_TTL = 7 * 24 * 3600
+
+#: ``(payload, heartbeat) -> result``: the work on one chunk. Call ``heartbeat()`` often.
+ChunkWork = Callable[[Any, Callable[[], None]], Any]
+
+_TAKE = """
+local i = redis.call('LPOP', KEYS[1])
+if not i then return false end
+redis.call('SET', KEYS[2] .. i, ARGV[1], 'EX', ARGV[2])
+return i
+"""
+
+
+def run_key(key_prefix: str, request_id: int) -> str:
+    """Holds the token of the request's current run."""
+    return f"{key_prefix}request:{int(request_id)}:run"
+
+
+def _run_base(key_prefix: str, request_id: int, run: str) -> str:
+    return f"{key_prefix}request:{int(request_id)}:run:{run}:"
+
+
+class ChunkBoard:
+    """The chunks of one phase of one run: payloads, a pending list, claims, results."""
+
+    def __init__(
+        self,
+        connection: redis.Redis,
+        key_prefix: str,
+        request_id: int,
+        run: str,
+        phase: str,
+        *,
+        claim_seconds: int,
+    ) -> None:
+        self._r = connection
+        self._base = f"{_run_base(key_prefix, request_id, run)}{phase}:"
+        self.claim_seconds = max(1, int(claim_seconds))
+        self._owner = uuid.uuid4().hex
+        self._take = connection.register_script(_TAKE)
+
+    def _k(self, name: str) -> str:
+        return self._base + name
+
+    def post(self, payloads: Sequence[Any], meta: Mapping[str, Any]) -> int:
+        """Put every chunk up for taking; returns how many."""
+        pipe = self._r.pipeline(transaction=True)
+        pipe.delete(self._k("pending"), self._k("done"))
+        pipe.set(self._k("meta"), json.dumps(meta), ex=KEY_TTL)
+        pipe.set(self._k("total"), len(payloads), ex=KEY_TTL)
+        for i, payload in enumerate(payloads):
+            pipe.set(self._k(f"chunk:{i}"), json.dumps(payload), ex=KEY_TTL)
+        if payloads:
+            pipe.rpush(self._k("pending"), *range(len(payloads)))
+            pipe.expire(self._k("pending"), KEY_TTL)
+        pipe.execute()
+        return len(payloads)
+
+    def meta(self) -> dict[str, Any] | None:
+        raw = self._r.get(self._k("meta"))
+        return None if raw is None else dict(json.loads(raw))
+
+    def total(self) -> int:
+        raw = self._r.get(self._k("total"))
+        return 0 if raw is None else int(raw)
+
+    def take(self) -> tuple[int, Any] | None:
+        """Claim the next pending chunk (atomically with its removal from the list)."""
+        raw = self._take(
+            keys=[self._k("pending"), self._k("claim:")],
+            args=[self._owner, self.claim_seconds],
+        )
+        if raw is None:
+            return None
+        index = int(raw)
+        payload = self._r.get(self._k(f"chunk:{index}"))
+        if payload is None:  # the run ended meanwhile
+            return None
+        return index, json.loads(payload)
+
+    def renew(self, index: int) -> None:
+        self._r.set(self._k(f"claim:{index}"), self._owner, ex=self.claim_seconds)
+
+    def finish(self, index: int, result: Any) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        pipe.set(self._k(f"result:{index}"), json.dumps(result), ex=KEY_TTL)
+        pipe.sadd(self._k("done"), index)
+        pipe.expire(self._k("done"), KEY_TTL)
+        pipe.delete(self._k(f"claim:{index}"))
+        pipe.execute()
+
+    def done_count(self) -> int:
+        return int(self._r.scard(self._k("done")))
+
+    def reclaim_lapsed(self) -> list[int]:
+        """Post again each chunk neither done, pending nor claimed (its taker died)."""
+        total = self.total()
+        done = {int(x) for x in self._r.smembers(self._k("done"))}
+        pending = {int(x) for x in self._r.lrange(self._k("pending"), 0, -1)}
+        lapsed = []
+        for i in range(total):
+            if i in done or i in pending or self._r.exists(self._k(f"claim:{i}")):
+                continue
+            # Re-check done: the taker may have finished between the reads above.
+            if self._r.sismember(self._k("done"), str(i)):
+                continue
+            lapsed.append(i)
+        if lapsed:
+            self._r.rpush(self._k("pending"), *lapsed)
+            log.warning("dicom-inbox: chunk(s) %s lost their worker; posted again", lapsed)
+        return lapsed
+
+    def results(self) -> Iterator[Any]:
+        for i in range(self.total()):
+            raw = self._r.get(self._k(f"result:{i}"))
+            if raw is None:
+                raise RuntimeError(f"chunk {i} has no result")
+            yield json.loads(raw)
+
+
+class _Heartbeat:
+    """Renews a chunk's claim when a third of its lifetime has passed."""
+
+    def __init__(self, board: ChunkBoard, index: int) -> None:
+        self._board = board
+        self._index = index
+        self._every = board.claim_seconds / 3
+        self._last = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self._last >= self._every:
+            self._board.renew(self._index)
+            self._last = now
+
+
+def work_through(
+    board: ChunkBoard, work: ChunkWork, *, keep_going: Callable[[], bool] = lambda: True
+) -> int:
+    """Take and do chunks until none is pending; return how many were done here."""
+    done = 0
+    while keep_going():
+        taken = board.take()
+        if taken is None:
+            return done
+        index, payload = taken
+        result = work(payload, _Heartbeat(board, index))
+        board.finish(index, result)
+        done += 1
+    return done
+
+
+def run_phase(
+    board: ChunkBoard,
+    payloads: Sequence[Any],
+    meta: Mapping[str, Any],
+    work: ChunkWork,
+    *,
+    start_helpers: Callable[[int], object],
+    max_helpers: int,
+    poll_seconds: float = 0.05,
+) -> list[Any]:
+    """The coordinator's side of a phase: post, ask for help, work, wait; results in order."""
+    total = board.post(payloads, meta)
+    if total > 1 and max_helpers > 0:
+        start_helpers(min(total - 1, max_helpers))
+    while True:
+        work_through(board, work)
+        if board.done_count() >= total:
+            return list(board.results())
+        if not board.reclaim_lapsed():
+            time.sleep(poll_seconds)
+
+
+def begin_run(
+    connection: redis.Redis, key_prefix: str, request_id: int, *, claim_seconds: int
+) -> str:
+    """Start a new run: wait out the live claims of an earlier run, drop its keys."""
+    current = run_key(key_prefix, request_id)
+    run = uuid.uuid4().hex[:16]
+    # From here on, an earlier run's helpers take no more chunks.
+    old = connection.set(current, run, ex=KEY_TTL, get=True)
+    if old is not None:
+        old_run = old.decode() if isinstance(old, bytes) else str(old)
+        _wait_for_claims(connection, _run_base(key_prefix, request_id, old_run), claim_seconds)
+        _delete_run(connection, _run_base(key_prefix, request_id, old_run))
+    return run
+
+
+def is_current(connection: redis.Redis, key_prefix: str, request_id: int, run: str) -> bool:
+    value = connection.get(run_key(key_prefix, request_id))
+    if value is None:
+        return False
+    return (value.decode() if isinstance(value, bytes) else str(value)) == run
+
+
+def end_run(connection: redis.Redis, key_prefix: str, request_id: int, run: str) -> None:
+    """Forget the run's chunks; helpers still queued find nothing and return."""
+    if is_current(connection, key_prefix, request_id, run):
+        connection.delete(run_key(key_prefix, request_id))
+    _delete_run(connection, _run_base(key_prefix, request_id, run))
+
+
+def _claims(connection: redis.Redis, base: str) -> list[Any]:
+    return list(connection.scan_iter(match=f"{base}*:claim:*", count=500))
+
+
+def _wait_for_claims(connection: redis.Redis, base: str, claim_seconds: int) -> None:
+    """A dead taker's claim lapses within ``claim_seconds``; a live one finishes its chunk."""
+    deadline = time.monotonic() + max(600, 20 * claim_seconds)
+    while _claims(connection, base):
+        if time.monotonic() > deadline:
+            log.error("dicom-inbox: a chunk of an earlier run is still claimed; going on")
+            return
+        time.sleep(0.2)
+
+
+def _delete_run(connection: redis.Redis, base: str) -> None:
+    keys = list(connection.scan_iter(match=f"{base}*", count=1000))
+    for start in range(0, len(keys), 500):
+        connection.delete(*keys[start : start + 500])
