@@ -1,0 +1,203 @@
+"""Fan-out: one request's chunks taken by several workers, lost chunks posted again, a new run
+waits for an earlier run's live claims, and three worker processes share one import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
+
+from example_app.demo import write_session
+from flask_dicom_inbox import InboxState
+from flask_dicom_inbox.fanout import (
+    ChunkBoard,
+    begin_run,
+    end_run,
+    is_current,
+    run_key,
+    run_phase,
+    work_through,
+)
+from flask_dicom_inbox.storage import TEMP_PREFIX
+
+from .conftest import auth, run_worker, submit
+
+
+def _board(state: InboxState, run: str = "r1", claim_seconds: int = 30) -> ChunkBoard:
+    return ChunkBoard(
+        state.redis, state.config.key_prefix, 7, run, "headers", claim_seconds=claim_seconds
+    )
+
+
+def _square(payload: Any, heartbeat: Any) -> list[int]:
+    heartbeat()
+    return [x * x for x in payload]
+
+
+def test_every_chunk_is_done_once_and_results_come_back_in_order(state: InboxState) -> None:
+    board = _board(state)
+    payloads = [[i, i + 1] for i in range(0, 20, 2)]
+    started: list[int] = []
+    results = run_phase(
+        board, payloads, {"k": 1}, _square, start_helpers=started.append, max_helpers=3
+    )
+    assert results == [[x * x for x in p] for p in payloads]
+    assert started == [3], "min(chunks - 1, max_helpers) helpers asked for"
+    assert board.meta() == {"k": 1}
+    assert board.done_count() == 10
+
+
+def test_a_single_chunk_asks_for_no_helper(state: InboxState) -> None:
+    started: list[int] = []
+    run_phase(_board(state), [[3]], {}, _square, start_helpers=started.append, max_helpers=4)
+    assert started == []
+
+
+def test_two_takers_share_a_board_without_doing_a_chunk_twice(state: InboxState) -> None:
+    board = _board(state)
+    board.post([[i] for i in range(40)], {})
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def work(payload: Any, heartbeat: Any) -> int:
+        with lock:
+            seen.extend(payload)
+        time.sleep(0.002)
+        return int(payload[0])
+
+    other = _board(state)  # another worker's view of the same board
+    thread = threading.Thread(target=work_through, args=(other, work))
+    thread.start()
+    mine = work_through(board, work)
+    thread.join()
+    assert sorted(seen) == list(range(40))
+    assert 0 < mine < 40, "both takers got chunks"
+    assert list(board.results()) == list(range(40))
+
+
+def test_a_chunk_whose_taker_died_is_posted_again(state: InboxState) -> None:
+    board = _board(state, claim_seconds=1)
+    board.post([[1], [2], [3]], {})
+    dead = _board(state, claim_seconds=1)
+    taken = dead.take()  # a helper takes a chunk and is SIGKILLed: it never finishes it
+    assert taken is not None
+    assert board.reclaim_lapsed() == [], "the claim is still alive"
+    work_through(board, _square)
+    assert board.done_count() == 2
+    time.sleep(1.2)
+    assert board.reclaim_lapsed() == [taken[0]]
+    work_through(board, _square)
+    assert list(board.results()) == [[1], [4], [9]]
+
+
+def test_a_new_run_waits_for_the_live_claims_of_the_old_one(state: InboxState) -> None:
+    prefix = state.config.key_prefix
+    old = begin_run(state.redis, prefix, 7, claim_seconds=1)
+    board = _board(state, run=old, claim_seconds=1)
+    board.post([[1], [2]], {})
+    assert board.take() is not None  # an orphaned helper holds this claim for up to 1 s
+    started = time.monotonic()
+    new = begin_run(state.redis, prefix, 7, claim_seconds=1)
+    waited = time.monotonic() - started
+    assert new != old
+    assert waited >= 0.5, "the new run waited for the old claim to lapse"
+    assert not is_current(state.redis, prefix, 7, old)
+    assert is_current(state.redis, prefix, 7, new)
+    assert board.total() == 0, "the old run's keys are gone"
+    assert work_through(_board(state, run=old), _square) == 0
+    end_run(state.redis, prefix, 7, new)
+    assert state.redis.get(run_key(prefix, 7)) is None
+
+
+def test_small_chunks_and_helpers_in_one_worker_import_every_file_once(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
+    """Chunks of 7 files over two phases; helper jobs queued behind find nothing to do."""
+    app.config["DICOM_INBOX_CHUNK_FILES"] = 7
+    app.config["DICOM_INBOX_HELPER_JOBS"] = 2
+    from flask_dicom_inbox.config import InboxConfig
+
+    state.config = InboxConfig.from_app(app)
+    session = inbox / "test_proj" / "chunked"
+    generated = write_session(session, series=3, files_per_series=20, rows=32, columns=32)
+    response = submit(client, PROJECT_ID="test_proj", EXPT_LABEL="chunked", path=str(session))
+    assert response.status_code == 200
+    run_worker(app)
+    status = client.get(response.get_data(as_text=True).strip(), headers=auth()).get_json()
+    assert status["status"] == "Completed", status["errors"][:3]
+    assert status["progress"]["filesImported"] == 60
+    assert status["progress"]["filesDone"] == 60
+    written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
+    assert len(written) == 60
+    assert sorted(p.name for p in written) == sorted(p.name for p in generated.files)
+    assert not state.redis.keys(f"{state.config.key_prefix}request:*:run*"), "runs cleaned up"
+
+
+def _env(app_config: dict[str, Any], **extra: Any) -> dict[str, str]:
+    values = {**app_config, **extra}
+    return {**os.environ, **{f"FLASK_{k}": str(v) for k, v in values.items() if k != "TESTING"}}
+
+
+@pytest.mark.slow
+def test_three_worker_processes_share_one_import(
+    app: Flask,
+    client: FlaskClient,
+    inbox: Path,
+    state: InboxState,
+    app_config: dict[str, Any],
+) -> None:
+    settings = {"DICOM_INBOX_CHUNK_FILES": 20, "DICOM_INBOX_HELPER_JOBS": 4}
+    app.config.update(settings)
+    from flask_dicom_inbox.config import InboxConfig
+
+    state.config = InboxConfig.from_app(app)
+    assert client.put("/xapi/anonymize/site/enabled", data="true", headers=auth()).status_code
+    session = inbox / "test_proj" / "shared"
+    generated = write_session(session, series=4, files_per_series=100, rows=64, columns=64)
+    env = _env(app_config, **settings)
+    command = [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker"]
+    workers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(3)
+    ]
+    try:
+        time.sleep(2)  # all three listening before the request arrives
+        response = submit(client, PROJECT_ID="test_proj", EXPT_LABEL="shared", path=str(session))
+        assert response.status_code == 200
+        url = response.get_data(as_text=True).strip()
+        deadline = time.monotonic() + 120
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            status = client.get(url, headers=auth()).get_json()
+            if status["status"] in ("Completed", "Failed"):
+                break
+            time.sleep(0.1)
+        assert status["status"] == "Completed", (status["message"], status["errors"][:3])
+        time.sleep(0.5)  # helpers still finishing their (empty) last take
+        helper_chunks = [
+            Job.fetch(job_id, connection=state.redis).return_value()
+            for job_id in FinishedJobRegistry(queue=state.queue).get_job_ids()
+            if "-headers-" in job_id or "-store-" in job_id
+        ]
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(20)
+    assert sum(int(n or 0) for n in helper_chunks) > 0, "helper jobs took chunks"
+    written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
+    assert not [p for p in written if p.name.startswith(TEMP_PREFIX)]
+    assert len(written) == 400
+    assert len({p.name for p in written}) == 400
+    assert all(p.read_bytes() != b"" for p in written)
+    assert all(p.exists() for p in generated.files), "copy mode keeps the sources"
