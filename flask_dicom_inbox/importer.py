@@ -251,10 +251,12 @@ class FileStorer:
         options: ImportOptions,
         anonymization: Sequence[AnonymizationStep],
         report: ProgressReporter,
+        ledger: Callable[[dict[str, dict[str, Any]]], None] | None = None,
     ) -> None:
         self.options = options
         self.anonymization = list(anonymization)
         self.report = report
+        self.ledger = ledger
 
     def __call__(
         self, payload: Sequence[Mapping[str, Any]], heartbeat: Callable[[], None]
@@ -289,14 +291,21 @@ class FileStorer:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
         final: list[dict[str, Any]] = []
-        for result in results:
+        stored: dict[str, dict[str, Any]] = {}
+        for item, result in zip(payload, results, strict=True):
             if result is None:
                 result = {"e": "not stored: the destination is full"}
             final.append(result)
             if "n" in result:
                 self.report.add(filesDone=1, filesImported=1, bytesDone=int(result["n"]))
+                stored[str(item["src"])] = {
+                    **{k: item[k] for k in ("label", "subject", "study", "dir", "size")},
+                    "name": result["name"],
+                }
             else:
                 self.report.add(filesDone=1, filesSkipped=1)
+        if self.ledger is not None and stored:
+            self.ledger(stored)
         self.report.flush()
         return final
 
@@ -513,9 +522,16 @@ class ImportEngine:
 
     def run(self, root: Path) -> list[dict[str, Any]]:
         """Import every file under ``root``; return the sessions written (for the status)."""
+        earlier = self.store.stored_files(self.request.id)  # by a killed earlier run
         self.store.reset_progress(self.request.id)
         files = walk_files(root, self.report)
-        self.store.set_progress(self.request.id, filesFound=len(files))
+        seen = {str(sf.path) for sf in files}
+        carried = [
+            entry
+            for src, entry in earlier.items()
+            if src not in seen and os.path.isfile(Path(entry["dir"]) / entry["name"])
+        ]
+        self.store.set_progress(self.request.id, filesFound=len(files) + len(carried))
         self.report.flush()
         readable = self._read_headers(files)
         sessions = group_sessions(readable, self.options, self.report)
@@ -524,19 +540,21 @@ class ImportEngine:
         self._check_destinations(sessions)
         planned, owners, folders = self._plan(sessions, timestamp)
         results = self._run_chunks("store", planned, {"scripts": self.script_texts})
-        stored = self._tally(sessions, planned, owners, results, folders, timestamp)
+        stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
         if self.options.cleanup:
             self._cleanup(root, stored)
         self.report.flush()
+        found = len(files) + len(carried)
+        imported = len(stored) + len(carried)
         self.store.set_progress(
             self.request.id,
-            filesFound=len(files),
-            filesDone=len(files),
-            filesImported=len(stored),
-            filesSkipped=len(files) - len(stored),
-            bytesDone=sum(sf.size for sf in stored),
+            filesFound=found,
+            filesDone=found,
+            filesImported=imported,
+            filesSkipped=found - imported,
+            bytesDone=sum(sf.size for sf in stored) + sum(int(e["size"]) for e in carried),
         )
-        if not stored:
+        if not imported:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
         return self.sessions_out
 
@@ -633,6 +651,7 @@ class ImportEngine:
                             "name": name,
                             "label": session.label,
                             "subject": session.subject,
+                            "study": session.study_instance_uid,
                         }
                     )
                     owners.append((number, sf))
@@ -645,16 +664,30 @@ class ImportEngine:
         owners: Sequence[tuple[int, ScannedFile]],
         results: Sequence[Mapping[str, Any]],
         folders: Sequence[Path],
+        carried: Sequence[Mapping[str, Any]],
         timestamp: str,
     ) -> list[ScannedFile]:
-        """Record each file's outcome; on a full destination undo this request's copies."""
+        """Record each file's outcome; on a full destination undo this request's copies.
+
+        ``carried`` are files an earlier, killed run of this request stored and moved away:
+        they count in their sessions as if stored now.
+        """
         stored: list[ScannedFile] = []
-        counts = [0] * len(sessions)
         full: str | None = None
-        for (number, sf), result in zip(owners, results, strict=True):
+        tallies: dict[str, dict[str, Any]] = {}
+        for session in sessions:
+            tallies[session.label] = {
+                "subject": session.subject,
+                "study": session.study_instance_uid,
+                "dirs": set(),
+                "files": 0,
+            }
+        for item, (_number, sf), result in zip(planned, owners, results, strict=True):
             if "n" in result:
                 stored.append(sf)
-                counts[number] += 1
+                tally = tallies[str(item["label"])]
+                tally["files"] += 1
+                tally["dirs"].add(item["dir"])
             else:
                 self.report.error(sf.rel, str(result["e"]))
                 if result.get("full") and full is None:
@@ -666,20 +699,28 @@ class ImportEngine:
                 f"removed{f', {kept} moved file(s) kept there' if kept else ''} and the "
                 "sources are untouched"
             )
+        for entry in carried:
+            tally = tallies.setdefault(
+                str(entry["label"]),
+                {"subject": entry["subject"], "study": entry["study"], "dirs": set(), "files": 0},
+            )
+            tally["files"] += 1
+            tally["dirs"].add(entry["dir"])
         opts = self.options
-        for number, session in enumerate(sessions):
-            self._drop_set_aside(folders[number])
+        for folder in folders:
+            self._drop_set_aside(folder)
+        for label, tally in tallies.items():
             self.sessions_out.append(
                 {
-                    "label": session.label,
-                    "subject": session.subject,
-                    "studyInstanceUid": session.study_instance_uid,
+                    "label": label,
+                    "subject": tally["subject"],
+                    "studyInstanceUid": tally["study"],
                     "destination": opts.destination,
                     "url": self.storage.session_url(
-                        opts.destination, opts.project_id, session.subject, session.label, timestamp
+                        opts.destination, opts.project_id, tally["subject"], label, timestamp
                     ),
-                    "scans": len(session.scans),
-                    "files": counts[number],
+                    "scans": len(tally["dirs"]),
+                    "files": tally["files"],
                 }
             )
         return stored

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,3 +299,22 @@ class RequestStore:
         fixed = json.loads(raw)
         fixed.setdefault("options", {})[name] = value
         self.redis.hset(key, "fixed", json.dumps(fixed))
+
+    # -- the ledger of stored files: what a retried run must count but can no longer see -----
+    def add_stored(self, request_id: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
+        """Record files stored durably (by source path): a file moved away by a killed run
+        is gone from the inbox, and only this ledger lets the retry count it."""
+        if entries:
+            self.redis.hset(
+                self._key(request_id, ":stored"),
+                mapping={k: json.dumps(v) for k, v in entries.items()},
+            )
+
+    def stored_files(self, request_id: int) -> dict[str, dict[str, Any]]:
+        raw = self.redis.hgetall(self._key(request_id, ":stored"))
+        return {
+            (k.decode() if isinstance(k, bytes) else str(k)): json.loads(v) for k, v in raw.items()
+        }
+
+    def forget_stored(self, request_id: int) -> None:
+        self.redis.delete(self._key(request_id, ":stored"))

@@ -230,8 +230,9 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
             )
             with handler.open_source(record, state.config) as root:
                 sessions = engine.run(root)
-        finally:
+        finally:  # not reached when the work-horse is killed: a retry finds both again
             end_run(state.redis, state.config.key_prefix, rid, run)
+            store.forget_stored(rid)
     except (ImportFailed, DicomInboxError) as exc:
         return _fail(state, rid, exc.message)
     except JobTimeoutException:
@@ -325,6 +326,7 @@ def chunk_work(
             options=_engine_options(state, record),
             anonymization=steps_from_texts(meta.get("scripts", [])),
             report=report,
+            ledger=functools.partial(state.store.add_stored, record.id),
         )
     raise ValueError(f"unknown phase {phase!r}")
 
