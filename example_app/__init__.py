@@ -16,6 +16,7 @@ from flask_dicom_inbox import DicomInbox
 
 from . import db
 from .commands import projects_cli, users_cli
+from .dashboard import init_dashboard
 from .host import SqliteAnonymization, SqliteProjects, SqliteUsers
 
 
@@ -43,6 +44,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         folder.mkdir(parents=True, exist_ok=True)
     app.cli.add_command(users_cli)
     app.cli.add_command(projects_cli)
+    init_dashboard(app)  # /rq, admins only
 
     @app.get("/")
     def index() -> Any:

@@ -10,11 +10,15 @@ from flask_httpauth import HTTPBasicAuth
 from werkzeug.exceptions import HTTPException
 
 from .api_anonymize import add_anonymization_routes
+from .api_ui import add_status_page_routes
 from .api_xnat import add_xnat_routes
 from .auth import current_user
 from .errors import DicomInboxError, NotFound, ServiceUnavailable
+from .handlers.dicom_zip import wait_for_answer
+from .openapi import add_openapi_routes
 from .requests import ImportRequest
 from .schemas import ImportRequestSchema
+from .uploads import read_submission
 
 if TYPE_CHECKING:
     from .extension import InboxState
@@ -59,9 +63,21 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
         """Validate, record and queue an import; answer with the status URL."""
         from .service import submit_import as submit
 
-        raw = {**request.args.to_dict(flat=True), **request.form.to_dict(flat=True)}
-        record = submit(_state(), current_user(), raw)
+        registry = _state().registry
+        name = request.args.get("import-handler")
+        handler = registry.get(name) if name in registry else None
+        raw, upload = read_submission(request, takes_upload=getattr(handler, "takes_upload", False))
+        try:
+            record = submit(_state(), current_user(), raw, upload=upload)
+        except BaseException:
+            if upload is not None:
+                upload.discard()  # a refused call leaves no file behind
+            raise
         url = f"{request.script_root}{_state().config.url_prefix}/xapi/dicom/{record.id}"
+        if getattr(registry.get(record.handler), "answers_when_done", False):
+            if _state().config.upload_wait > 0:
+                url = wait_for_answer(_state(), record, url)
+                record = _state().store.get(record.id) or record
         fmt = raw.get("format")
         if fmt == "json":
             return jsonify(_dump(record))
@@ -82,6 +98,8 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
 
     add_anonymization_routes(bp)
     add_xnat_routes(bp)
+    add_openapi_routes(bp)
+    add_status_page_routes(bp)
     return bp
 
 

@@ -71,6 +71,10 @@ def build_basic_auth(realm: str = "XNAT") -> HTTPBasicAuth:
             # Flask-HTTPAuth passes empty strings for a header it cannot parse: reject those.
             if not username or not password:
                 return None
+            # HMAC pads short keys with NUL bytes, so 'pw\x00' would pass a PBKDF2/scrypt
+            # check of 'pw': refuse NUL anywhere in the credentials.
+            if "\x00" in username or "\x00" in password:
+                return None
             return _state().users.authenticate(username, password)
         return _user_from_session_cookie()
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 from flask import current_app
 from flask.cli import AppGroup
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from .extension import current_state
 from .recovery import recover
@@ -20,12 +22,22 @@ dicom_inbox_cli = AppGroup("dicom-inbox", help="DICOM inbox: workers and mainten
 def worker_command(burst: bool, simple: bool, with_scheduler: bool) -> None:
     """Start an RQ worker for the import queue, bound to this app."""
     state = current_state()
+    # Ride out a Redis restart: the worker, its work-horse and the import's record writes
+    # retry a lost connection instead of dying with the request half done.
+    state.redis.set_retry(
+        patient_retry(float(current_app.config["DICOM_INBOX_REDIS_RETRY_SECONDS"]))
+    )
     worker = make_worker(state, simple=simple)
     requeued = recover(state)
     if requeued:
         click.echo(f"re-queued request(s) whose worker died: {', '.join(map(str, requeued))}")
     current_app.logger.info("dicom-inbox worker on queue %s", state.queue.name)
     worker.work(burst=burst, with_scheduler=with_scheduler)
+
+
+def patient_retry(seconds: float) -> Retry:
+    """Retries of a lost Redis connection spanning about ``seconds`` (0.1 s doubling to 2 s)."""
+    return Retry(ExponentialBackoff(cap=2.0, base=0.1), max(3, int(seconds / 2) + 3))
 
 
 @dicom_inbox_cli.command("recover")
@@ -40,9 +52,13 @@ def recover_command() -> None:
 
 @dicom_inbox_cli.command("handlers")
 def handlers_command() -> None:
-    """List the registered import handlers."""
-    for name, handler in current_state().registry.items():
-        click.echo(f"{name}\t{type(handler).__module__}.{type(handler).__qualname__}")
+    """List the registered import handlers, where each came from, and broken entry points."""
+    registry = current_state().registry
+    for name, handler in registry.items():
+        kind = f"{type(handler).__module__}.{type(handler).__qualname__}"
+        click.echo(f"{name}\t{kind}\t{registry.source_of(name)}")
+    for name, reason in sorted(registry.broken.items()):
+        click.echo(f"{name}\tBROKEN\t{reason}")
 
 
 anon_cli = AppGroup("anon", help="Anonymization scripts (DicomEdit 6 subset).")

@@ -45,6 +45,36 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         30,
         "A running import renews a lease this often x3; a dead worker's lapses after it.",
     ),
+    "DICOM_INBOX_REDIS_RETRY_SECONDS": (
+        60,
+        "How long a worker retries a lost Redis connection (a restart) before giving up.",
+    ),
+    "DICOM_INBOX_WORK_PATH": (
+        None,
+        "Private working folder for uploads and extracted archives (default: beside the "
+        "prearchive, so moves stay renames).",
+    ),
+    "DICOM_INBOX_ARCHIVE_MAX_BYTES": (
+        64 * 1024**3,
+        "Most bytes an archive may expand to (declared sizes and bytes written); 0 = no limit.",
+    ),
+    "DICOM_INBOX_ARCHIVE_MAX_MEMBERS": (
+        200_000,
+        "Most members an archive may hold; 0 = no limit.",
+    ),
+    "DICOM_INBOX_ARCHIVE_MAX_RATIO": (
+        200,
+        "Largest expansion ratio (uncompressed / compressed) of an archive or a zip member.",
+    ),
+    "DICOM_INBOX_UPLOAD_MAX_BYTES": (
+        32 * 1024**3,
+        "Largest DICOM-zip upload body, enforced while streaming (413); 0 = no limit.",
+    ),
+    "DICOM_INBOX_UPLOAD_WAIT": (
+        600,
+        "Seconds a DICOM-zip POST waits for its import to answer the session URL as XNAT "
+        "does; 0 = answer the status URL at once.",
+    ),
 }
 
 
@@ -69,6 +99,12 @@ class InboxConfig:
     lease_seconds: int
     chunk_files: int = 256
     helper_jobs: int = 4
+    work_path: Path = Path("dicom-inbox-work")
+    archive_max_bytes: int = 64 * 1024**3
+    archive_max_members: int = 200_000
+    archive_max_ratio: float = 200.0
+    upload_max_bytes: int = 32 * 1024**3
+    upload_wait: float = 600.0
 
     @classmethod
     def from_app(cls, app: Flask) -> InboxConfig:
@@ -97,6 +133,18 @@ class InboxConfig:
             lease_seconds=max(1, int(c["DICOM_INBOX_LEASE_SECONDS"])),
             chunk_files=max(1, int(c["DICOM_INBOX_CHUNK_FILES"])),
             helper_jobs=max(0, int(c["DICOM_INBOX_HELPER_JOBS"])),
+            work_path=Path(
+                os.path.realpath(
+                    c.get("DICOM_INBOX_WORK_PATH")
+                    or folder("DICOM_INBOX_PREARCHIVE_PATH", "prearchive").parent
+                    / "dicom-inbox-work"
+                )
+            ),
+            archive_max_bytes=max(0, int(c["DICOM_INBOX_ARCHIVE_MAX_BYTES"])),
+            archive_max_members=max(0, int(c["DICOM_INBOX_ARCHIVE_MAX_MEMBERS"])),
+            archive_max_ratio=float(c["DICOM_INBOX_ARCHIVE_MAX_RATIO"]),
+            upload_max_bytes=max(0, int(c["DICOM_INBOX_UPLOAD_MAX_BYTES"])),
+            upload_wait=max(0.0, float(c["DICOM_INBOX_UPLOAD_WAIT"])),
         )
 
 

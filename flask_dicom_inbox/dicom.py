@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -18,9 +19,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -75,7 +78,26 @@ def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
                 f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})"
             ) from exc
         with _quiet():
-            return _header_from(ds)
+            header = _header_from(ds)
+            _check_lengths(ds)
+            return header
+
+
+def _check_lengths(ds: Dataset) -> None:
+    """Refuse a file with an element whose length runs past the end of the file.
+
+    pydicom reads such an element short without a word: a private element claiming 4 GiB
+    would swallow the rest of the file (UIDs, pixel data) and import as a broken instance.
+    """
+    for elem in ds._dict.values():
+        length = getattr(elem, "length", None)
+        value = getattr(elem, "value", None)
+        if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF:
+            if len(value) < length:
+                raise NotImportable(
+                    f"truncated: element {elem.tag} declares {length} bytes, "
+                    f"the file holds {len(value)}"
+                )
 
 
 @contextlib.contextmanager
@@ -92,8 +114,8 @@ def _header_from(ds: Dataset) -> DicomHeader:
     if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise NotImportable("DICOMDIR (a media directory, not an instance)")
     try:
-        sop_class = _text(ds, "SOPClassUID")
-        sop_instance = _text(ds, "SOPInstanceUID")
+        sop_class = _ascii(ds, "SOPClassUID")
+        sop_instance = _ascii(ds, "SOPInstanceUID")
     except Exception as exc:  # a forced read of junk can fail on first element access
         raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
     if not sop_instance or not sop_class:
@@ -104,10 +126,10 @@ def _header_from(ds: Dataset) -> DicomHeader:
     return DicomHeader(
         sop_class_uid=sop_class,
         sop_instance_uid=sop_instance,
-        study_instance_uid=_text(ds, "StudyInstanceUID"),
-        series_instance_uid=_text(ds, "SeriesInstanceUID"),
-        series_number=_text(ds, "SeriesNumber"),
-        instance_number=_text(ds, "InstanceNumber"),
+        study_instance_uid=_ascii(ds, "StudyInstanceUID"),
+        series_instance_uid=_ascii(ds, "SeriesInstanceUID"),
+        series_number=_ascii(ds, "SeriesNumber"),
+        instance_number=_ascii(ds, "InstanceNumber"),
         patient_id=_text(ds, "PatientID"),
         patient_name=_text(ds, "PatientName"),
         subject_hint=_comment_field(comments, "Subject"),
@@ -125,6 +147,29 @@ def _comment_field(comments: str, field: str) -> str:
     return rest.split()[0] if rest else ""
 
 
+_ASCII_TAGS = {
+    keyword: BaseTag(tag_for_keyword(keyword) or 0)
+    for keyword in (
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "InstanceNumber",
+    )
+}
+
+
+def _ascii(ds: Dataset, keyword: str) -> str:
+    """A UI or IS value (always ASCII) straight from the raw bytes when still unconverted:
+    pydicom's conversion and validation of every value costs a third of a header read."""
+    elem = ds._dict.get(_ASCII_TAGS[keyword])
+    value = getattr(elem, "value", None) if isinstance(elem, RawDataElement) else None
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip("\x00 ")
+    return _text(ds, keyword)
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     value = ds.get(keyword)
     if value is None:
@@ -139,19 +184,46 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+_LONG_VRS = {
+    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
+}  # fmt: skip
+_TRANSFER_SYNTAX_TAG = (0x0002, 0x0010)
+
+
 def _peek_transfer_syntax(fp: BinaryIO) -> str:
-    """The transfer syntax from the file meta, or ``""`` when there is none to read."""
-    try:
-        preamble = read_preamble(fp, True)
-        if preamble is None:
-            head = fp.read(2)
-            fp.seek(0)
-            if head != b"\x02\x00":
-                return ""
-        meta = _read_file_meta_info(fp)
-    except Exception:  # unreadable meta: pydicom's full read reports the real reason
-        return ""
-    return str(meta.get("TransferSyntaxUID", ""))
+    """The transfer syntax from the file meta (``""`` when there is none to read); leaves
+    ``fp`` just after the meta group, where a deflated data set starts.
+
+    The meta group is walked by hand (explicit VR little endian, as Part 10 requires): it is
+    read for every file before pydicom's own read, and a full meta parse costs as much as
+    half a header read.
+    """
+    head = fp.read(132)
+    offset = 132 if head[128:132] == b"DICM" else 0
+    fp.seek(offset)
+    meta = fp.read(64 * 1024)
+    pos = 0
+    syntax = ""
+    while pos + 8 <= len(meta):
+        group, element = struct.unpack_from("<HH", meta, pos)
+        if group != 0x0002:
+            break
+        vr = meta[pos + 4 : pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(meta):
+                break
+            (length,) = struct.unpack_from("<I", meta, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", meta, pos + 6)
+            start = pos + 8
+        if length == 0xFFFFFFFF:
+            break
+        if (group, element) == _TRANSFER_SYNTAX_TAG:
+            syntax = meta[start : start + length].decode("ascii", "replace").strip("\x00 ")
+        pos = start + length
+    fp.seek(offset + min(pos, len(meta)))
+    return syntax
 
 
 def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
@@ -178,7 +250,11 @@ def read_full(path: Path) -> FileDataset:
     """A full read (pixel data included) for rewriting; the only read that may be saved."""
     with _quiet():
         ds = pydicom.dcmread(path, force=True)
-    _check_pixel_length(ds)
+        # pydicom converts (and validates, warning) each value on first access; convert them
+        # all here so invalid values (a UID '/etc/x') never warn inside a script.
+        for _elem in ds.iterall():
+            pass
+        _check_pixel_length(ds)
     return ds
 
 
@@ -208,9 +284,9 @@ def encode_dataset(ds: FileDataset) -> bytes:
     anonymization script can see.
     """
     buffer = io.BytesIO()
-    _ensure_file_meta(ds)
     ds.preamble = b"\x00" * 128
-    with _quiet():
+    with _quiet():  # copying an invalid UID (e.g. '/etc/x') into the meta warns too
+        _ensure_file_meta(ds)
         ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,11 +11,13 @@ import redis
 from flask import Flask, current_app
 from flask_httpauth import HTTPBasicAuth
 from rq import Queue
+from rq.timeouts import JobTimeoutException
 
 from .anon_scripts import DefaultAnonymizationSettings, script_texts, steps_from_texts
 from .api import build_blueprint
 from .auth import build_basic_auth
 from .config import DEFAULTS, InboxConfig
+from .handlers.dicom_zip import DicomZipHandler
 from .handlers.inbox import InboxHandler
 from .importer import AnonymizationStep
 from .jobs import AppJob, bind_job_class
@@ -24,6 +27,7 @@ from .requests import ImportRequest, RequestStore
 from .storage import FilesystemStorage
 
 EXTENSION_KEY = "dicom_inbox"
+_log = logging.getLogger("flask_dicom_inbox")
 
 
 @dataclass
@@ -58,10 +62,29 @@ class InboxState:
         return script_texts(self.anonymization, record.project_id)
 
     def signal(self, name: str, record: ImportRequest | None) -> None:
+        """Send a host signal with the request as stored now; a failing receiver is logged.
+
+        A host's receiver (a notification, a pipeline start) must never break the import it
+        hears about, nor keep the other receivers from hearing it.
+        """
         from . import signals
 
-        if record is not None:
-            getattr(signals, name).send(self.app, request=record)
+        if record is None:
+            return
+        try:  # the caller's copy may predate the status change it announces
+            record = self.store.get(record.id) or record
+        except redis.exceptions.RedisError:
+            pass  # the caller's copy is still the request; the import notices Redis itself
+        sent = getattr(signals, name)
+        if sent.is_muted:
+            return
+        for receiver in sent.receivers_for(self.app):
+            try:
+                receiver(self.app, request=record)
+            except JobTimeoutException:
+                raise
+            except Exception:
+                _log.exception("dicom-inbox: a receiver of %s failed (request %s)", name, record.id)
 
 
 class DicomInbox:
@@ -71,7 +94,8 @@ class DicomInbox:
     :class:`~.storage.FilesystemStorage` on ``DICOM_INBOX_PREARCHIVE_PATH`` and
     ``DICOM_INBOX_ARCHIVE_PATH``. ``anonymization`` keeps the site and project scripts
     (default: in memory, XNAT's default site script on). Handlers are registered with
-    :meth:`register_handler`; ``inbox`` is registered that way too.
+    :meth:`register_handler`; ``inbox`` and ``DICOM-zip`` are registered that way too, then
+    every handler packages declare in the ``flask_dicom_inbox.handlers`` entry-point group.
     """
 
     def __init__(
@@ -89,6 +113,8 @@ class DicomInbox:
         self.anonymization = anonymization
         self.registry = HandlerRegistry()
         self.register_handler("inbox", InboxHandler())
+        self.register_handler("DICOM-zip", DicomZipHandler())
+        self.registry.load_entry_points()
         if app is not None:
             self.init_app(app)
 

@@ -519,6 +519,7 @@ class ImportEngine:
         self.script_texts = [list(pair) for pair in script_texts]
         self.report = ProgressReporter(store, request.id, options.progress_every, on_progress)
         self.sessions_out: list[dict[str, Any]] = []
+        self._made: list[Path] = []  # folders this run created, outermost first
 
     def run(self, root: Path) -> list[dict[str, Any]]:
         """Import every file under ``root``; return the sessions written (for the status)."""
@@ -552,7 +553,7 @@ class ImportEngine:
             filesDone=found,
             filesImported=imported,
             filesSkipped=found - imported,
-            bytesDone=sum(sf.size for sf in stored) + sum(int(e["size"]) for e in carried),
+            bytesDone=sum(sf.size for sf, _how in stored) + sum(int(e["size"]) for e in carried),
         )
         if not imported:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
@@ -638,6 +639,7 @@ class ImportEngine:
                 scan_dir = folder / "SCANS" / scan.folder / "DICOM"
                 for made in make_dirs(scan_dir):
                     fsync_dir(made.parent)
+                    self._made.append(made)
                 names = _names(scan.files, anonymizing, opts.rename)
                 for sf, name in zip(scan.files, names, strict=True):
                     planned.append(
@@ -666,13 +668,13 @@ class ImportEngine:
         folders: Sequence[Path],
         carried: Sequence[Mapping[str, Any]],
         timestamp: str,
-    ) -> list[ScannedFile]:
+    ) -> list[tuple[ScannedFile, str]]:
         """Record each file's outcome; on a full destination undo this request's copies.
 
         ``carried`` are files an earlier, killed run of this request stored and moved away:
         they count in their sessions as if stored now.
         """
-        stored: list[ScannedFile] = []
+        stored: list[tuple[ScannedFile, str]] = []
         full: str | None = None
         tallies: dict[str, dict[str, Any]] = {}
         for session in sessions:
@@ -684,7 +686,7 @@ class ImportEngine:
             }
         for item, (_number, sf), result in zip(planned, owners, results, strict=True):
             if "n" in result:
-                stored.append(sf)
+                stored.append((sf, str(result["how"])))
                 tally = tallies[str(item["label"])]
                 tally["files"] += 1
                 tally["dirs"].add(item["dir"])
@@ -709,7 +711,10 @@ class ImportEngine:
         opts = self.options
         for folder in folders:
             self._drop_set_aside(folder)
+        self._remove_empty_folders(folders)  # scans whose every file failed
         for label, tally in tallies.items():
+            if not tally["files"]:
+                continue
             self.sessions_out.append(
                 {
                     "label": label,
@@ -741,14 +746,24 @@ class ImportEngine:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(Path(item["dir"]) / str(result["name"]))
+        self._remove_empty_folders(folders)
         for folder in folders:
-            for emptied in _folders_bottom_up(folder):
-                with contextlib.suppress(OSError):
-                    emptied.rmdir()
             aside = self._aside(folder)
             if aside.exists() and not folder.exists():
                 os.rename(aside, folder)
         return kept
+
+    def _remove_empty_folders(self, folders: Sequence[Path]) -> None:
+        """Remove the empty folders of these sessions and every folder this run made that
+        stayed empty (another request creating its session in one of them meanwhile is
+        safe: :func:`~.storage.make_dirs` starts again when a parent vanishes)."""
+        for folder in folders:
+            for emptied in _folders_bottom_up(folder):
+                with contextlib.suppress(OSError):
+                    emptied.rmdir()
+        for made in reversed(self._made):
+            with contextlib.suppress(OSError):
+                made.rmdir()
 
     def _aside(self, folder: Path) -> Path:
         return folder.with_name(f"{TEMP_PREFIX}old-{self.request.id}-{folder.name}")
@@ -765,11 +780,15 @@ class ImportEngine:
             shutil.rmtree(aside)
 
     # -- cleanup ----------------------------------------------------------------------------
-    def _cleanup(self, root: Path, stored: Sequence[ScannedFile]) -> None:
+    def _cleanup(self, root: Path, stored: Sequence[tuple[ScannedFile, str]]) -> None:
         """Delete imported sources (all already durable), then emptied folders."""
-        for sf in stored:
+        for sf, how in stored:
             if not os.path.lexists(sf.path):
-                continue  # moved by rename
+                if how != "move":  # our own moves leave nothing; anything else is news
+                    self.report.error(
+                        sf.rel, "removed by someone else after it was imported; the copy is kept"
+                    )
+                continue
             if not _unchanged(sf.path, _stat_of(sf)):
                 self.report.error(sf.rel, "changed since the scan; imported copy kept, source kept")
                 continue

@@ -48,8 +48,14 @@ class ImportParametersSchema(Schema):
 
     @pre_load
     def _aliases(self, data: Mapping[str, Any], **_: Any) -> dict[str, Any]:
-        """``session`` is XNAT's legacy alias of EXPT_LABEL; ``auto-archive`` of ``AA``."""
+        """``session`` is XNAT's legacy alias of EXPT_LABEL; ``auto-archive`` of ``AA``;
+        ``project``/``subject`` of PROJECT_ID/SUBJECT_ID (the xnat client's ``import_`` sends
+        those)."""
         out = dict(data)
+        if "project" in out and "PROJECT_ID" not in out:
+            out["PROJECT_ID"] = out["project"]
+        if "subject" in out and "SUBJECT_ID" not in out:
+            out["SUBJECT_ID"] = out["subject"]
         if "session" in out and "EXPT_LABEL" not in out:
             out["EXPT_LABEL"] = out["session"]
         if "auto-archive" in out and "AA" not in out:
@@ -97,7 +103,11 @@ def load_import_parameters(raw: Mapping[str, str]) -> ImportParameters:
         )
         raise BadRequest(f"invalid parameters: {detail}", errors=messages) from None
     known = {k: v for k, v in loaded.items() if k in _KNOWN}
-    return ImportParameters(**known, raw={k: str(v) for k, v in raw.items()})
+    text = {k: str(v) for k, v in raw.items()}
+    for alias, key in (("project", "PROJECT_ID"), ("subject", "SUBJECT_ID")):
+        if alias in text:  # the job reads the recorded parameters by their XNAT names
+            text.setdefault(key, text[alias])
+    return ImportParameters(**known, raw=text)
 
 
 class ProgressSchema(Schema):

@@ -27,17 +27,20 @@ from .importer import (
 from .jobs import help_import_job, job_id_for, run_import
 from .protocols import Destination, InboxUser, ProjectSettings
 from .recovery import Lease
-from .registry import Submission
+from .registry import Submission, finish_source
 from .requests import ACCEPTED, COMPLETED, FAILED, IMPORTING, QUEUED, ImportRequest
 from .schemas import ImportParameters, load_import_parameters
 
 if TYPE_CHECKING:
     from .extension import InboxState
+    from .uploads import Upload
 
 log = logging.getLogger("flask_dicom_inbox")
 
 
-def submit_import(state: InboxState, user: InboxUser, raw: Mapping[str, str]) -> ImportRequest:
+def submit_import(
+    state: InboxState, user: InboxUser, raw: Mapping[str, str], *, upload: Upload | None = None
+) -> ImportRequest:
     """Validate a submission, record it and queue its job. Refusals change nothing."""
     params = load_import_parameters(raw)
     handler = state.registry.get(params.import_handler)
@@ -50,7 +53,9 @@ def submit_import(state: InboxState, user: InboxUser, raw: Mapping[str, str]) ->
         )
     destination = choose_destination(params, project)
     prepared = handler.prepare(
-        Submission(user=user, params=params, config=state.config, projects=state.projects)
+        Submission(
+            user=user, params=params, config=state.config, projects=state.projects, upload=upload
+        )
     )
     if (
         destination == "archive"
@@ -189,7 +194,10 @@ def execute_import(state: InboxState, request_id: int, job: Job | None) -> str:
         record = state.store.get(request_id) or record  # re-read under the lease
         if record.finished:
             return record.status
-        return _execute_locked(state, record, job)
+        # The handler's finish() runs under the lease, after the outcome is recorded.
+        return finish_source(
+            state.registry, record, state.config, _execute_locked(state, record, job)
+        )
     finally:
         lease.release()
 
@@ -200,7 +208,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
     if record.status == QUEUED:
         store.set_status(rid, ACCEPTED, "a worker took the request")
     store.set_status(rid, IMPORTING, "importing")
-    state.signal("import_started", record)
+    state.signal("import_started", store.get(rid) or record)
 
     def on_progress(_totals: dict[str, int]) -> None:
         if job is not None:  # the request's counters: every chunk's worker adds to them

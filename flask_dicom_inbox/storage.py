@@ -93,17 +93,26 @@ def fsync_dir(path: Path) -> None:
 
 
 def make_dirs(path: Path) -> list[Path]:
-    """``mkdir -p`` returning the folders it created (outermost first), for fsync and undo."""
+    """``mkdir -p`` returning the folders it created (outermost first), for fsync and undo.
+
+    A parent removed meanwhile (another request tidying its empty folders) starts it again.
+    """
     created: list[Path] = []
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for folder in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            folder.mkdir()
-            created.append(folder)
+    for attempt in range(10):
+        missing: list[Path] = []
+        p = path
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        try:
+            for folder in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    folder.mkdir()
+                    created.append(folder)
+            return created
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
     return created
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make run`: Redis (a private one if none answers), the example app, one RQ worker, a demo
+# `make run`: Redis (a private one if none answers), the example app, RQ workers (WORKERS,
+# default 2: one import uses both), a demo
 # admin, a demo project and a generated DICOM session; prints the curl line to import it.
 # Ctrl-C stops everything this script started.
 set -euo pipefail
@@ -16,7 +17,7 @@ pids=()
 stop_all() {
     trap - INT TERM EXIT
     echo
-    echo "stopping the app, the worker${PRIVATE_REDIS_PID:+ and the private redis-server}..."
+    echo "stopping the app, the workers${PRIVATE_REDIS_PID:+ and the private redis-server}..."
     for pid in "${pids[@]}" ${PRIVATE_REDIS_PID:-}; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
@@ -39,8 +40,10 @@ if [ ! -d "$session" ] || [ -z "$(ls -A "$session")" ]; then
     $PYTHON -c 'import sys; from pathlib import Path; from example_app.demo import write_session; s = write_session(Path(sys.argv[1]), series=3, files_per_series=10); print(f"generated a demo session of {len(s.files)} DICOM files in {sys.argv[1]}")' "$session"
 fi
 
-$FLASK dicom-inbox worker &
-pids+=($!)
+for _ in $(seq 1 "${WORKERS:-2}"); do
+    $FLASK dicom-inbox worker &
+    pids+=($!)
+done
 $FLASK run --host "$HOST" --port "$PORT" &
 pids+=($!)
 for _ in $(seq 1 100); do
@@ -58,6 +61,10 @@ Import the demo session:
 It answers with the request's status URL (/xapi/dicom/<id>); follow it with
   curl -u admin:$password http://localhost:$PORT/xapi/dicom/<id>
 Every request of yours: curl -u admin:$password http://localhost:$PORT/xapi/dicom/list/all
+Or with the command-line client (waits, with a progress bar):
+  DICOM_INBOX_PASSWORD=$password .venv/bin/dicom-inbox import $session --project test_proj --label test_exp --url http://localhost:$PORT --user admin --wait
+Status page: http://localhost:$PORT/xapi/dicom/ui   Swagger UI: http://localhost:$PORT/xapi/swagger-ui.html
+RQ dashboard (admins): http://localhost:$PORT/rq
 
 Press Ctrl-C to stop.
 MSG

@@ -61,7 +61,7 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.01)
+        time.sleep(0.001)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -123,19 +123,26 @@ def test_sigkill_at_a_random_moment_loses_nothing(
         **os.environ,
         **{f"FLASK_{k}": str(v) for k, v in {**app_config, **SETTINGS}.items() if k != "TESTING"},
     }
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    log = (tmp_path / "workers.log").open("wb")
+    quiet = {"stdout": log, "stderr": subprocess.STDOUT}
     first = subprocess.Popen(WORKER, env=env, **quiet)  # type: ignore[call-overload]
     second = None
     orphans: list[int] = []
     try:
-        _wait(lambda: is_leased(state, rid) or _finished(state, rid), 60, "the import to start")
+        _wait(
+            lambda: is_leased(state, rid) or _finished(state, rid) or first.poll() is not None,
+            60,
+            "the import to start",
+        )
+        assert first.poll() is None, (tmp_path / "workers.log").read_text()[-2000:]
         point = rng.choice(["walk", "store", "store", "end"])
         if point == "store":  # mid-copy, mid-move or mid-anonymization, by the mode
-            threshold = rng.randint(1, 239)
+            threshold = rng.randint(1, 120)
             _wait(lambda: _done(state, rid) >= threshold, 60, f"{threshold} files done")
         elif point == "end":  # all stored: cleanup, results, status
             _wait(lambda: _done(state, rid) >= 240 or _finished(state, rid), 60, "the end")
         time.sleep(rng.uniform(0.0, 0.02))
+        finished_before_kill = _finished(state, rid)
         horses = _children(first.pid)
         if target == "horse":
             for pid in horses:
@@ -145,7 +152,7 @@ def test_sigkill_at_a_random_moment_loses_nothing(
         first.send_signal(signal.SIGKILL)
         first.wait(10)
         if point != "end":
-            assert not _finished(state, rid), f"killed during {point}, before the end"
+            assert not finished_before_kill, f"killed during {point}, before the end"
         # A new worker, as an operator would start one: it recovers the request by itself.
         second = subprocess.Popen(WORKER, env=env, **quiet)  # type: ignore[call-overload]
         _wait(lambda: _finished(state, rid), 120, "the request to finish")
@@ -156,8 +163,9 @@ def test_sigkill_at_a_random_moment_loses_nothing(
                 proc.wait(20)
         for pid in orphans:
             _wait(lambda pid=pid: not _alive(pid), 30, "the orphaned horse to end")
+        log.close()
     final = client.get(f"/xapi/dicom/{rid}", headers=auth()).get_json()
-    assert final["status"] == "Completed", (final["message"], final["errors"][:3])
+    assert final["status"] == "Completed", (final["message"], final["errors"][:3], point)
     assert not final["errors"], final["errors"][:3]
     written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
     assert not [p for p in written if p.name.startswith(TEMP_PREFIX)], "no temporary file"

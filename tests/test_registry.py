@@ -135,7 +135,7 @@ def test_dicom_inbox_registers_inbox_through_register_handler(app: Flask) -> Non
             super().register_handler(name, handler, replace=replace)
 
     ext = _Recording(users=SqliteUsers(app), projects=SqliteProjects(app))
-    assert [name for name, _ in calls] == ["inbox"]
+    assert [name for name, _ in calls] == ["inbox", "DICOM-zip"]
     assert isinstance(calls[0][1], InboxHandler)
     assert ext.registry.get("inbox") is calls[0][1]
 
@@ -150,7 +150,7 @@ def test_host_registers_a_handler_on_the_app_extension(state: InboxState) -> Non
     handler = _Handler()
     state.extension.register_handler("host_upload", handler)
     assert state.registry.get("host_upload") is handler
-    assert list(state.registry) == ["host_upload", "inbox"]
+    assert list(state.registry) == ["DICOM-zip", "host_upload", "inbox"]
     with pytest.raises(ValueError):
         state.extension.register_handler("inbox", _Handler())
     assert isinstance(state.registry.get("inbox"), InboxHandler)

@@ -147,7 +147,7 @@ def test_member_of_both_projects_may_import_across(
         ({"path": "{session}"}, "PROJECT_ID"),
         (
             {"PROJECT_ID": "test_proj", "path": "{session}", "import-handler": "bogus"},
-            "unknown import-handler 'bogus'; registered handlers: inbox",
+            "unknown import-handler 'bogus'; registered handlers: DICOM-zip, inbox",
         ),
         (
             {"PROJECT_ID": "test_proj", "path": "{session}", "import-handler": ""},

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..archives import archive_source, is_archive_name, note_error, sniff_archive
 from ..errors import BadRequest, Forbidden, PayloadTooLarge
 from ..registry import PreparedImport, Submission
 
@@ -98,7 +99,15 @@ def has_regular_file(folder: Path) -> bool:
 
 
 class InboxHandler:
-    """XNAT's DICOM Inbox: import a folder under ``<inbox>/<P>/`` where the user can edit P."""
+    """XNAT's DICOM Inbox: import a folder under ``<inbox>/<P>/`` where the user can edit P.
+
+    The path may also name a ``.zip``, ``.tar``, ``.tgz`` or ``.tar.gz`` file there: it is
+    extracted in the job into a private working folder (see :mod:`..archives`).
+    """
+
+    def __init__(self) -> None:
+        #: request id -> the archive's (dev, inode, size, mtime) as extracted, for finish().
+        self._extracted: dict[int, tuple[int, int, int, int]] = {}
 
     def prepare(self, submission: Submission) -> PreparedImport:
         params = submission.params
@@ -116,24 +125,30 @@ class InboxHandler:
                 errors={"path": [f"no edit right on project {project}"]},
             )
         real = located.real_path
-        if not real.exists():
+        try:
+            exists, is_dir = real.exists(), real.is_dir()
+        except OSError as exc:  # ENAMETOOLONG, ELOOP, EACCES: a refusal, never a 500
+            raise BadRequest(
+                f"path {params.path!r} cannot be used: {exc.strerror}",
+                errors={"path": [str(exc.strerror)]},
+            ) from None
+        if not exists:
             raise BadRequest(
                 f"path {params.path!r} does not exist", errors={"path": ["does not exist"]}
             )
-        if not real.is_dir():
+        if not is_dir and is_archive_name(real.name):
+            return _prepare_archive(real, params.path, submission.config)
+        if not is_dir:
             raise BadRequest(
                 f"path {params.path!r} is neither a folder nor a supported archive file",
                 errors={"path": ["not a folder"]},
             )
         cfg = submission.config
-        if cfg.max_files or cfg.max_bytes:
-            files, size = count_files(real, max_files=cfg.max_files, max_bytes=cfg.max_bytes)
-            if files == 0:
-                raise _empty(params.path)
-            return PreparedImport(session_path=str(real), file_count=files, byte_count=size)
-        if not has_regular_file(real):
+        # Always counted (a stat per file, no read): the job timeout grows with the count.
+        files, size = count_files(real, max_files=cfg.max_files, max_bytes=cfg.max_bytes)
+        if files == 0:
             raise _empty(params.path)
-        return PreparedImport(session_path=str(real))
+        return PreparedImport(session_path=str(real), file_count=files, byte_count=size)
 
     @contextlib.contextmanager
     def open_source(self, request: ImportRequest, config: InboxConfig) -> Iterator[Path]:
@@ -141,8 +156,51 @@ class InboxHandler:
         located = resolve_inbox_path(request.session_path, config.inbox_path)
         if str(located.real_path) != request.session_path:
             raise BadRequest("the session path changed since it was submitted (symlink?)")
+        if is_archive_name(located.real_path.name) and not located.real_path.is_dir():
+            with archive_source(request, config, located.real_path) as (folder, report):
+                self._extracted[request.id] = report.source
+                yield folder
+            return
         yield located.real_path
+
+    def finish(self, request: ImportRequest, config: InboxConfig, succeeded: bool) -> None:
+        """With ``cleanupAfterImport=true`` an archive is deleted now, after success only,
+        and only if it is still the file that was extracted."""
+        source = self._extracted.pop(request.id, None)
+        if not (succeeded and request.cleanup_after_import and source):
+            return
+        archive = Path(request.session_path)
+        try:
+            st = os.lstat(archive)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != source:
+            note_error(request.id, archive.name, "archive changed after it was extracted: kept")
+            return
+        os.unlink(archive)
 
 
 def _empty(path: str | None) -> BadRequest:
     return BadRequest(f"path {path!r} holds no files to import", errors={"path": ["empty folder"]})
+
+
+def _prepare_archive(real: Path, path: str | None, cfg: InboxConfig) -> PreparedImport:
+    """Cheap checks of an archive path: a regular, non-empty zip or tar file; no extraction."""
+    st = os.lstat(real)
+    if not stat.S_ISREG(st.st_mode):
+        raise BadRequest(
+            f"path {path!r} is not a regular file", errors={"path": ["not a regular file"]}
+        )
+    if st.st_size == 0:
+        raise BadRequest(f"path {path!r} is an empty file", errors={"path": ["empty file"]})
+    if cfg.max_bytes and st.st_size > cfg.max_bytes:
+        raise PayloadTooLarge(
+            f"the archive holds more than the limit of {cfg.max_bytes} bytes",
+            errors={"path": [f"more than {cfg.max_bytes} bytes"]},
+        )
+    if sniff_archive(real) is None:
+        raise BadRequest(
+            f"path {path!r} is named as an archive but is neither a zip nor a tar archive",
+            errors={"path": ["not a zip or tar archive"]},
+        )
+    return PreparedImport(session_path=str(real), byte_count=st.st_size)
