@@ -75,7 +75,13 @@ def build_basic_auth(realm: str = "XNAT") -> HTTPBasicAuth:
             # check of 'pw': refuse NUL anywhere in the credentials.
             if "\x00" in username or "\x00" in password:
                 return None
-            return _state().users.authenticate(username, password)
+            state = _state()
+            if state.credential_cache.verified(username, password):
+                return state.users.get_user(username)  # a removed user is refused at once
+            user = state.users.authenticate(username, password)
+            if user is not None:
+                state.credential_cache.remember(username, password)
+            return user
         return _user_from_session_cookie()
 
     @auth.error_handler  # type: ignore[untyped-decorator]

@@ -33,6 +33,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     "DICOM_INBOX_PROGRESS_EVERY": (50, "Files between progress writes to Redis."),
     "DICOM_INBOX_URL_PREFIX": ("", "Prefix of the blueprint's routes (e.g. /xnat)."),
     "DICOM_INBOX_SESSION_TTL": (900, "Idle lifetime in seconds of a JSESSIONID login session."),
+    "DICOM_INBOX_AUTH_CACHE_SECONDS": (
+        30,
+        "Seconds a worker process remembers credentials that passed the password check "
+        "(an HMAC, never the password); 0 = check the password on every call.",
+    ),
     "DICOM_INBOX_CHUNK_FILES": (
         256,
         "Files per chunk of work; any worker may take a chunk of a running import.",
@@ -98,6 +103,7 @@ class InboxConfig:
     url_prefix: str
     lease_seconds: int
     chunk_files: int = 256
+    auth_cache_seconds: float = 30.0
     helper_jobs: int = 4
     work_path: Path = Path("dicom-inbox-work")
     archive_max_bytes: int = 64 * 1024**3
@@ -132,6 +138,7 @@ class InboxConfig:
             url_prefix=str(c["DICOM_INBOX_URL_PREFIX"] or "").rstrip("/"),
             lease_seconds=max(1, int(c["DICOM_INBOX_LEASE_SECONDS"])),
             chunk_files=max(1, int(c["DICOM_INBOX_CHUNK_FILES"])),
+            auth_cache_seconds=max(0.0, float(c["DICOM_INBOX_AUTH_CACHE_SECONDS"])),
             helper_jobs=max(0, int(c["DICOM_INBOX_HELPER_JOBS"])),
             work_path=Path(
                 os.path.realpath(

@@ -16,6 +16,7 @@ from rq.timeouts import JobTimeoutException
 from .anon_scripts import DefaultAnonymizationSettings, script_texts, steps_from_texts
 from .api import build_blueprint
 from .auth import build_basic_auth
+from .auth_cache import CredentialCache
 from .config import DEFAULTS, InboxConfig
 from .handlers.dicom_zip import DicomZipHandler
 from .handlers.inbox import InboxHandler
@@ -46,6 +47,7 @@ class InboxState:
     storage: SessionStorage
     auth: HTTPBasicAuth
     anonymization: AnonymizationSettings
+    credential_cache: CredentialCache
 
     @property
     def registry(self) -> HandlerRegistry:
@@ -144,6 +146,7 @@ class DicomInbox:
             storage=storage,
             auth=build_basic_auth(),
             anonymization=self.anonymization or DefaultAnonymizationSettings(),
+            credential_cache=CredentialCache(config.auth_cache_seconds),
         )
         app.extensions[EXTENSION_KEY] = state
         app.register_blueprint(build_blueprint(state.auth), url_prefix=config.url_prefix or None)

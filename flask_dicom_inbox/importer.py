@@ -388,18 +388,13 @@ class FileStorer:
                     os.unlink(target)
                 results[idx] = dict(reason)
             return
-        # Moves: the new names are durable, so the old ones may go.
-        source_folders: set[Path] = set()
+        # Moves: the new names are durable, so the old ones may go. Their removal is not
+        # fsync'd: a crash that brings a source back finds its target with the same inode,
+        # which the retry accepts and whose source its cleanup deletes.
         for idx, src, target in linked:
             results[idx] = {"n": int(payload[idx]["size"]), "how": "move", "name": target.name}
-            try:
+            with contextlib.suppress(OSError):  # else the cleanup pass deletes or reports it
                 os.unlink(src)
-                source_folders.add(src.parent)
-            except OSError:
-                pass  # stored; the cleanup pass deletes or reports the source
-        for folder in source_folders:
-            with contextlib.suppress(OSError):
-                fsync_dir(folder)
 
     def _anonymized_bytes(self, src: Path, item: Mapping[str, Any]) -> tuple[bytes, DicomHeader]:
         """Full read, every script in order, then the bytes to write and their header."""
