@@ -4,9 +4,12 @@ queue, real users and projects, and a real RQ worker run in-process (``SimpleWor
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from rq import SimpleWorker
+from werkzeug.serving import make_server
 
 from example_app import create_app
 from example_app.host import SqliteProjects, SqliteUsers
@@ -144,3 +148,29 @@ def tree(root: Path) -> dict[str, bytes]:
         elif path.is_dir():
             out[str(path.relative_to(root)) + "/"] = b""
     return out
+
+
+@contextlib.contextmanager
+def serve_http(wsgi: Any) -> Iterator[str]:
+    """``wsgi`` on a real loopback HTTP server (a free port) in a thread; yields its URL."""
+    server = make_server("127.0.0.1", 0, wsgi, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.01
+) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

@@ -18,13 +18,12 @@ import requests
 import xnat
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.handlers.dicom_zip import uploads_folder
 
-from .conftest import PASSWORDS, auth, run_worker, submit, tree
+from .conftest import PASSWORDS, auth, run_worker, serve_http, submit, tree
 
 
 @pytest.fixture
@@ -364,15 +363,8 @@ def _cleanup(state: InboxState) -> None:
 def server_url(app: Flask, state: InboxState) -> Iterator[str]:
     """The app on a loopback HTTP server thread; DICOM-zip waits for its import here."""
     state.config = dataclasses.replace(state.config, upload_wait=60)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="archive-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with serve_http(app) as url:
+        yield url
 
 
 def _in_background(call: Any) -> tuple[threading.Thread, dict[str, Any]]:

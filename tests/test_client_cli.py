@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.exceptions import NotFound
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.serving import make_server
 
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.client import ProgressDisplay
-from tests.conftest import PASSWORDS, auth, run_worker, submit
+
+from .conftest import PASSWORDS, auth, run_worker, serve_http, submit
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "dicom-inbox"
@@ -35,22 +34,11 @@ SCRIPT = Path(sys.executable).parent / "dicom-inbox"
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def _serve(wsgi: Any) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, wsgi, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="cli-test-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
-
-
 @pytest.fixture
 def live_url(app: Flask) -> Iterator[str]:
     """The example app on a real HTTP server (a free port) in a thread."""
-    yield from _serve(app)
+    with serve_http(app) as url:
+        yield url
 
 
 @pytest.fixture
@@ -431,7 +419,7 @@ def test_a_url_with_a_path_prefix(cli: Cli, app: Flask, inbox: Path, state: Inbo
     session = inbox / "test_proj" / "pre"
     write_session(session, series=1, files_per_series=1, rows=8, columns=8)
     mounted = DispatcherMiddleware(NotFound(), {"/xnat": app})  # as behind a proxy at /xnat
-    for url in _serve(mounted):
+    with serve_http(mounted) as url:
         prefixed = f"{url}/xnat/"
         submitted = cli(
             "import",

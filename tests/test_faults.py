@@ -35,17 +35,9 @@ from flask_dicom_inbox.jobs import job_id_for
 from flask_dicom_inbox.requests import RequestStore
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import PASSWORDS, auth, run_worker, submit, tree
-
+from .conftest import PASSWORDS, auth, run_worker, submit, tree, wait_until
 
 # -- helpers ----------------------------------------------------------------------------------
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _env(config: dict[str, Any]) -> dict[str, str]:
@@ -156,7 +148,7 @@ def test_two_workers_and_ten_concurrent_requests(
         return all(state.store.get(i).finished for i in ids.values())  # type: ignore[union-attr]
 
     try:
-        _wait(all_finished, 240, "ten requests to finish")
+        _wait_until(all_finished, 240, "ten requests to finish")
     except AssertionError:
         raise AssertionError(workers.logs()) from None
     prearchive = state.config.prearchive_path
@@ -218,13 +210,13 @@ def test_same_folder_is_409_while_the_first_is_importing(
         record = state.store.get(rid)
         return record is not None and record.status == "Importing"
 
-    _wait(importing, 60, "the import to start")
+    _wait_until(importing, 60, "the import to start")
     again = submit(client, PROJECT_ID="test_proj", EXPT_LABEL="busy2", path=str(folder))
     assert again.status_code == 409, again.get_data(as_text=True)
     assert f"request {rid} (Importing)" in again.get_json()["message"]
     inner = submit(client, PROJECT_ID="test_proj", path=str(folder / "series002"))
     assert inner.status_code == 409
-    _wait(lambda: state.store.get(rid).finished, 120, "the import to end")  # type: ignore[union-attr]
+    _wait_until(lambda: state.store.get(rid).finished, 120, "the import to end")  # type: ignore[union-attr]
     assert state.store.get(rid).status == "Completed"  # type: ignore[union-attr]
     assert submit(client, PROJECT_ID="test_proj", path=str(folder)).status_code == 200
 
@@ -262,7 +254,7 @@ class PrivateRedis:
             except redis.exceptions.ConnectionError:
                 return False
 
-        _wait(answers, 20, "the private redis-server")
+        _wait_until(answers, 20, "the private redis-server")
         conn.close()
 
     def shutdown(self) -> None:
@@ -325,14 +317,14 @@ def test_worker_survives_a_redis_restart_mid_import(
     def done_at_least(n: int) -> Callable[[], bool]:
         return lambda: state.store.get(rid).progress["filesDone"] >= n  # type: ignore[union-attr]
 
-    _wait(done_at_least(60), 120, "the import to be under way")
+    _wait_until(done_at_least(60), 120, "the import to be under way")
     assert not state.store.get(rid).finished, "Redis goes down mid-import"  # type: ignore[union-attr]
     private_redis.shutdown()
     time.sleep(2)
     private_redis.start()
     state.redis.connection_pool.disconnect()
     try:
-        _wait(lambda: state.store.get(rid).finished, 180, "the import to finish")  # type: ignore[union-attr]
+        _wait_until(lambda: state.store.get(rid).finished, 180, "the import to finish")  # type: ignore[union-attr]
     except AssertionError:
         raise AssertionError(workers.logs()) from None
     record = state.store.get(rid)
@@ -531,3 +523,7 @@ def test_job_timeout_grows_with_the_file_count(
         job = Job.fetch(job_id_for(state.config.key_prefix, rid), connection=state.redis)
         timeouts[files] = job.timeout
     assert timeouts == {3: 100 + 4 * 2, 40: 100 + 41 * 2}
+
+
+def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    wait_until(predicate, timeout, what, interval=0.05)

@@ -27,7 +27,7 @@ from flask_dicom_inbox.importer import FileStorer, ImportOptions, ProgressReport
 from flask_dicom_inbox.recovery import is_leased
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, submit
+from .conftest import auth, submit, wait_until
 
 MODES = ("copy", "move", "anonymize+cleanup")
 SETTINGS = {
@@ -54,15 +54,6 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _expected_anonymized(state: InboxState, rid: int, originals: Path) -> list[bytes]:
@@ -129,7 +120,7 @@ def test_sigkill_at_a_random_moment_loses_nothing(
     second = None
     orphans: list[int] = []
     try:
-        _wait(
+        _wait_until(
             lambda: is_leased(state, rid) or _finished(state, rid) or first.poll() is not None,
             60,
             "the import to start",
@@ -138,9 +129,9 @@ def test_sigkill_at_a_random_moment_loses_nothing(
         point = rng.choice(["walk", "store", "store", "end"])
         if point == "store":  # mid-copy, mid-move or mid-anonymization, by the mode
             threshold = rng.randint(1, 120)
-            _wait(lambda: _done(state, rid) >= threshold, 60, f"{threshold} files done")
+            _wait_until(lambda: _done(state, rid) >= threshold, 60, f"{threshold} files done")
         elif point == "end":  # all stored: cleanup, results, status
-            _wait(lambda: _done(state, rid) >= 240 or _finished(state, rid), 60, "the end")
+            _wait_until(lambda: _done(state, rid) >= 240 or _finished(state, rid), 60, "the end")
         time.sleep(rng.uniform(0.0, 0.02))
         finished_before_kill = _finished(state, rid)
         horses = _children(first.pid)
@@ -155,14 +146,14 @@ def test_sigkill_at_a_random_moment_loses_nothing(
             assert not finished_before_kill, f"killed during {point}, before the end"
         # A new worker, as an operator would start one: it recovers the request by itself.
         second = subprocess.Popen(WORKER, env=env, **quiet)  # type: ignore[call-overload]
-        _wait(lambda: _finished(state, rid), 120, "the request to finish")
+        _wait_until(lambda: _finished(state, rid), 120, "the request to finish")
     finally:
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(20)
         for pid in orphans:
-            _wait(lambda pid=pid: not _alive(pid), 30, "the orphaned horse to end")
+            _wait_until(lambda pid=pid: not _alive(pid), 30, "the orphaned horse to end")
         log.close()
     final = client.get(f"/xapi/dicom/{rid}", headers=auth()).get_json()
     assert final["status"] == "Completed", (final["message"], final["errors"][:3], point)
@@ -194,3 +185,7 @@ def _done(state: InboxState, rid: int) -> int:
 def _finished(state: InboxState, rid: int) -> bool:
     record = state.store.get(rid)
     return record is not None and record.finished
+
+
+def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    wait_until(predicate, timeout, what, interval=0.001)

@@ -6,7 +6,6 @@ import copy
 import importlib.resources
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,13 @@ from flask.testing import FlaskClient
 from marshmallow import Schema
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
-from werkzeug.serving import make_server
 
 from example_app import create_app
 from example_app.demo import write_session
 from flask_dicom_inbox import DicomInbox, schemas
 from flask_dicom_inbox.openapi import undocumented_routes
 
-from .conftest import auth, run_worker, submit
+from .conftest import auth, run_worker, serve_http, submit
 
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -293,15 +291,8 @@ def test_no_file_outside_the_ui_folder(client: FlaskClient) -> None:
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The example app on a real HTTP server (127.0.0.1, a free port) in a thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serve_http(app) as url:
+        yield url
 
 
 @pytest.mark.slow

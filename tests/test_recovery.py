@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.recovery import is_leased, recover
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, run_worker, submit
+from .conftest import auth, run_worker, submit, wait_until
 
 
 def _children(pid: int) -> list[int]:
@@ -32,15 +31,6 @@ def _children(pid: int) -> list[int]:
 def _env(app_config: dict[str, Any]) -> dict[str, str]:
     values = {**app_config, "DICOM_INBOX_LEASE_SECONDS": 2}
     return {**os.environ, **{f"FLASK_{k}": str(v) for k, v in values.items() if k != "TESTING"}}
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -75,9 +65,9 @@ def test_sigkilled_work_horse_is_recovered(
         env=_env(app_config), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait(lambda: is_leased(state, rid), 60, "the import to start")
+        wait_until(lambda: is_leased(state, rid), 60, "the import to start")
         done_at_kill = random.Random(seed).randint(20, 400)
-        _wait(
+        wait_until(
             lambda: (
                 (state.store.get(rid) or state.store.get(rid)).progress["filesDone"] >= done_at_kill
             ),  # type: ignore[union-attr]
@@ -95,7 +85,7 @@ def test_sigkilled_work_horse_is_recovered(
     record = state.store.get(rid)
     assert record is not None and record.status == "Importing"
     assert record.progress["filesDone"] < 600, "killed before the end"
-    _wait(lambda: not is_leased(state, rid), 10, "the dead horse's lease to lapse")
+    wait_until(lambda: not is_leased(state, rid), 10, "the dead horse's lease to lapse")
     assert recover(state) == [rid]
     assert state.store.get(rid).status == "Queued"  # type: ignore[union-attr]
     run_worker(app)

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +17,13 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from example_app import create_app
 from example_app.demo import write_session
 from example_app.host import SqliteUsers
 from flask_dicom_inbox import DicomInbox
 
-from .conftest import PASSWORDS, auth, run_worker, submit
+from .conftest import PASSWORDS, auth, run_worker, serve_http, submit
 
 HOSTILE_FOLDER = "<img src=x onerror=alert(1)>"
 HOSTILE_FILE = "<svg onload=alert(2)>.txt"
@@ -127,15 +125,8 @@ def test_status_page_honours_script_root_and_url_prefix(app_config: dict[str, An
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The example app on a real HTTP server (127.0.0.1, a free port) in a thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serve_http(app) as url:
+        yield url
 
 
 def _start_worker(app_config: dict[str, Any]) -> subprocess.Popen[bytes]:

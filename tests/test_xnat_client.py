@@ -4,7 +4,6 @@ server-side sessions behind its ``JSESSIONID`` login."""
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +14,11 @@ import xnat
 from flask import Flask, Response
 from flask import request as flask_request
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
 
-from .conftest import PASSWORDS, auth, run_worker, submit
+from .conftest import PASSWORDS, auth, run_worker, serve_http, submit
 
 # The client's own calls during connect / import / status / disconnect, and nothing else.
 CLIENT_CALLS = {
@@ -57,15 +55,8 @@ def calls(app: Flask) -> list[tuple[str, str, int, bool]]:
 @pytest.fixture
 def server_url(app: Flask, calls: list[tuple[str, str, int, bool]]) -> Iterator[str]:
     """The example app on a real loopback HTTP server, served from a thread."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="test-http-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
+    with serve_http(app) as url:
+        yield url
 
 
 @pytest.fixture
