@@ -355,14 +355,18 @@ class FileStorer:
         staged: list[tuple[int, Path, Path, int, str]],
         linked: list[tuple[int, Path, Path]],
     ) -> None:
-        """Durable first (one sync per filesystem), then named, then folders fsync'd."""
+        """Durable first (one sync per filesystem), then named, then folders fsync'd; moved
+        files too are synced before their sources are unlinked."""
         try:
-            if staged:
-                devices: dict[int, Path] = {}
-                for _idx, tmp, _target, _size, _how in staged:
-                    devices.setdefault(os.stat(tmp.parent).st_dev, tmp.parent)
-                for folder in devices.values():
-                    sync_filesystem(folder)
+            # A moved file's data may still be in the page cache (just copied into the inbox,
+            # or just extracted): it is flushed too, before its source name goes.
+            devices: dict[int, Path] = {}
+            for folder in [tmp.parent for _i, tmp, _t, _s, _h in staged] + [
+                target.parent for _i, _s, target in linked
+            ]:
+                devices.setdefault(os.stat(folder).st_dev, folder)
+            for folder in devices.values():
+                sync_filesystem(folder)
             folders = {target.parent for _i, _t, target, _s, _h in staged}
             for idx, tmp, target, size, how in staged:
                 try:
@@ -534,9 +538,17 @@ class ImportEngine:
         self.report.flush()
         timestamp = self._prearchive_timestamp()
         self._check_destinations(sessions)
-        planned, owners, folders = self._plan(sessions, timestamp)
-        results = self._run_chunks("store", planned, {"scripts": self.script_texts})
-        stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
+        folders: list[Path] = []
+        try:
+            planned, owners, folders = self._plan(sessions, timestamp, folders)
+            results = self._run_chunks("store", planned, {"scripts": self.script_texts})
+            stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
+        except BaseException:
+            # A set-aside archive session comes back when its replacement never happened.
+            self._remove_empty_folders(folders)
+            for folder in folders:
+                self._restore_set_aside(folder)
+            raise
         if self.options.cleanup:
             self._cleanup(root, stored)
         self.report.flush()
@@ -613,13 +625,16 @@ class ImportEngine:
 
     # -- planning ---------------------------------------------------------------------------
     def _plan(
-        self, sessions: Sequence[SessionGroup], timestamp: str
+        self, sessions: Sequence[SessionGroup], timestamp: str, folders: list[Path]
     ) -> tuple[list[dict[str, Any]], list[tuple[int, ScannedFile]], list[Path]]:
-        """Create the scan folders and decide each file's target; nothing is written yet."""
+        """Create the scan folders and decide each file's target; nothing is written yet.
+
+        ``folders`` receives each session folder as soon as it is decided, so a failure
+        midway can still put set-aside sessions back.
+        """
         opts = self.options
         planned: list[dict[str, Any]] = []
         owners: list[tuple[int, ScannedFile]] = []
-        folders: list[Path] = []
         anonymizing = bool(self.script_texts)
         for number, session in enumerate(sessions):
             folder = self.storage.session_folder(
@@ -704,9 +719,12 @@ class ImportEngine:
             tally["files"] += 1
             tally["dirs"].add(entry["dir"])
         opts = self.options
-        for folder in folders:
-            self._drop_set_aside(folder)
         self._remove_empty_folders(folders)  # scans whose every file failed
+        for session, folder in zip(sessions, folders, strict=True):
+            if tallies[session.label]["files"]:
+                self._drop_set_aside(folder)  # overwrite=delete: the new session replaced it
+            else:
+                self._restore_set_aside(folder)  # nothing new: the old session stays
         for label, tally in tallies.items():
             if not tally["files"]:
                 continue
@@ -743,10 +761,15 @@ class ImportEngine:
                 os.unlink(Path(item["dir"]) / str(result["name"]))
         self._remove_empty_folders(folders)
         for folder in folders:
-            aside = self._aside(folder)
-            if aside.exists() and not folder.exists():
-                os.rename(aside, folder)
+            self._restore_set_aside(folder)
         return kept
+
+    def _restore_set_aside(self, folder: Path) -> None:
+        """Put a session set aside for ``overwrite=delete`` back, if nothing took its place."""
+        aside = self._aside(folder)
+        if aside.exists() and not folder.exists():
+            os.rename(aside, folder)
+            fsync_dir(folder.parent)
 
     def _remove_empty_folders(self, folders: Sequence[Path]) -> None:
         """Remove the empty folders of these sessions and every folder this run made that

@@ -245,6 +245,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
         return _fail(state, rid, exc.message)
     except JobTimeoutException:
         _fail(state, rid, f"the import timed out after {job_timeout(state, record)} s")
+        finish_source(state.registry, record, state.config, FAILED)  # e.g. drop the upload
         raise
     except Exception as exc:
         log.exception("dicom-inbox: request %s failed", rid)

@@ -93,27 +93,44 @@ def test_inbox_imports_an_archive_path(
     assert tree(state.config.work_path / "extract") == {}, "the working folder is removed"
 
 
-def test_cleanup_deletes_the_archive_after_success_and_reports_refused_members(
+def test_cleanup_deletes_the_archive_once_every_member_is_stored(
     app: Flask, client: FlaskClient, state: InboxState, inbox: Path, tmp_path: Path
 ) -> None:
-    files = _session(tmp_path)
-    nested = _pack(tmp_path / "nested.zip", {"x.dcm": b"x"})
-    archive = _pack(
-        inbox / "test_proj" / "clean.tgz",
-        files,
-        extra={"../escape.dcm": b"x", "/etc/evil": b"x", "inner.zip": nested.read_bytes()},
-    )
+    archive = _pack(inbox / "test_proj" / "clean.tgz", _session(tmp_path))
     response = submit(client, PROJECT_ID="test_proj", cleanupAfterImport="true", path=archive)
     record = _record(state, response)
     run_worker(app)
     done = state.store.get(record.id)
     assert done.status == "Completed", (done.message, done.errors)
+    assert done.errors == []
+    assert len(_imported(state)) == 3
     assert not archive.exists(), "deleted once every file was stored"
+    assert tree(state.config.work_path / "extract") == {}
+
+
+def test_cleanup_keeps_an_archive_whose_members_were_refused_and_reports_them(
+    app: Flask, client: FlaskClient, state: InboxState, inbox: Path, tmp_path: Path
+) -> None:
+    files = _session(tmp_path)
+    nested = _pack(tmp_path / "nested.zip", {"x.dcm": b"x"})
+    archive = _pack(
+        inbox / "test_proj" / "mixed.tgz",
+        files,
+        extra={"../escape.dcm": b"x", "/etc/evil": b"x", "inner.zip": nested.read_bytes()},
+    )
+    before = archive.read_bytes()
+    response = submit(client, PROJECT_ID="test_proj", cleanupAfterImport="true", path=archive)
+    record = _record(state, response)
+    run_worker(app)
+    done = state.store.get(record.id)
+    assert done.status == "Completed", (done.message, done.errors)
+    assert archive.read_bytes() == before, "the refused members live only in the archive: kept"
     assert len(_imported(state)) == 3
     assert sorted((e["path"], e["reason"]) for e in done.errors) == [
         ("../escape.dcm", "'..' in the member name"),
         ("/etc/evil", "absolute member name"),
         ("inner.zip", "nested archive, not expanded"),
+        ("mixed.tgz", "archive kept: some of its files were skipped"),
     ]
     assert done.progress["filesSkipped"] >= 3
     assert not (inbox / "escape.dcm").exists() and not (inbox / "test_proj" / "escape.dcm").exists()

@@ -24,6 +24,7 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Worker
 from rq.job import Job
 
 from example_app import create_app
@@ -126,6 +127,8 @@ def test_two_workers_and_ten_concurrent_requests(
     inbox_before = tree(inbox)
     for _ in range(2):
         workers.start(app_config)
+    # Both listening before the burst: else the first one up may take all ten small imports.
+    _wait_until(lambda: Worker.count(queue=state.queue) == 2, 60, "both workers to listen")
     barrier = threading.Barrier(10)
     answers: dict[int, Any] = {}
 

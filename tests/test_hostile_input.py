@@ -520,3 +520,30 @@ def test_ten_thousand_files_in_one_folder_level(
     assert len(written) == count, "every file exactly once"
     for name in ("i00000.dcm", "i04999.dcm", "i09999.dcm"):
         assert written[name].read_bytes() == (folder / name).read_bytes()
+
+
+def test_overwrite_delete_keeps_the_archived_session_when_nothing_replaces_it(
+    app: Flask, client: FlaskClient, state: InboxState, inbox: Path
+) -> None:
+    """overwrite=delete sets the old session aside; a request that stores nothing puts it back."""
+    first = inbox / "auto_proj" / "first"
+    first.mkdir()
+    (first / "good.dcm").write_bytes(_bytes(_dataset()))
+    ok = _rid(submit(client, PROJECT_ID="auto_proj", EXPT_LABEL="s01", path=str(first)))
+    run_worker(app)
+    assert _status(client, ok)["status"] == "Completed"
+    archived = tree(state.config.archive_path)
+    assert any(name.endswith(".dcm") for name in archived)
+    second = inbox / "auto_proj" / "second"
+    second.mkdir()
+    (second / "broken.dcm").write_bytes(_bytes(_dataset())[:-2000])  # fails the full read
+    rid = _rid(
+        submit(
+            client, PROJECT_ID="auto_proj", EXPT_LABEL="s01", overwrite="delete", path=str(second)
+        )
+    )
+    run_worker(app)
+    status = _status(client, rid)
+    assert status["status"] == "Failed"
+    assert "pixel data is truncated" in status["errors"][0]["reason"]
+    assert tree(state.config.archive_path) == archived, "the archived session is back, untouched"

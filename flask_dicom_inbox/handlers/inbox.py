@@ -170,6 +170,13 @@ class InboxHandler:
         if not (succeeded and request.cleanup_after_import and source):
             return
         archive = Path(request.session_path)
+        from ..extension import current_state
+
+        current = current_state().store.get(request.id)
+        if current is not None and (current.errors or current.progress.get("filesSkipped")):
+            # Skipped or refused members (not DICOM, nested archives, links) live only in it.
+            note_error(request.id, archive.name, "archive kept: some of its files were skipped")
+            return
         try:
             st = os.lstat(archive)
         except FileNotFoundError:
@@ -198,7 +205,14 @@ def _prepare_archive(real: Path, path: str | None, cfg: InboxConfig) -> Prepared
             f"the archive holds more than the limit of {cfg.max_bytes} bytes",
             errors={"path": [f"more than {cfg.max_bytes} bytes"]},
         )
-    if sniff_archive(real) is None:
+    try:
+        kind = sniff_archive(real)
+    except OSError as exc:
+        raise BadRequest(
+            f"path {path!r} cannot be read: {exc.strerror or exc}",
+            errors={"path": ["unreadable"]},
+        ) from exc
+    if kind is None:
         raise BadRequest(
             f"path {path!r} is named as an archive but is neither a zip nor a tar archive",
             errors={"path": ["not a zip or tar archive"]},
