@@ -1,10 +1,10 @@
 """The default filesystem storage with XNAT's layout, and the durable file operations.
 
-Every file lands through a temporary name in its destination folder, is fsync'd, renamed into
-place and its folder fsync'd: a crash leaves either no file or the whole file, never a part.
-For a batch of files the engine writes every temporary file first, makes them durable with one
-``syncfs`` of the destination filesystem (:func:`sync_filesystem`), then publishes each under
-its name (:func:`publish`): the same guarantee at the cost of one sync instead of one per file.
+Every file lands through a temporary name in its destination folder (:func:`write_temp`,
+:func:`copy_to_temp`); the engine writes a whole batch of them, makes them durable with one
+``syncfs`` of the destination filesystem (:func:`sync_filesystem`), then gives each its name
+(:func:`publish`, never replacing a file) and fsyncs each folder once: a crash leaves either no
+file or the whole file, never a part, at the cost of one sync per batch instead of one per file.
 """
 
 from __future__ import annotations
@@ -118,55 +118,6 @@ def make_dirs(path: Path) -> list[Path]:
 
 def _temp_name(folder: Path) -> Path:
     return folder / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
-
-
-def write_atomically(target: Path, write: Callable[[BinaryIO], None]) -> int:
-    """Write ``target`` through a temporary file: write, fsync, rename, fsync the folder.
-
-    Refuses to replace an existing file (``FileExistsError``). Returns the bytes written. The
-    temporary file is removed on any error, including a job timeout raised mid-write.
-    """
-    tmp = _temp_name(target.parent)
-    try:
-        with open(tmp, "xb") as out:
-            write(out)
-            out.flush()
-            os.fsync(out.fileno())
-            size = out.tell()
-        _link_no_replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    fsync_dir(target.parent)
-    return size
-
-
-def copy_atomically(source: Path, target: Path) -> int:
-    """Copy ``source`` to ``target`` durably (``sendfile`` where Linux offers it)."""
-
-    def _copy(out: BinaryIO) -> None:
-        with open(source, "rb", opener=_open_nofollow) as src:
-            shutil.copyfileobj(src, out, 1024 * 1024)
-
-    return write_atomically(target, _copy)
-
-
-def move_atomically(source: Path, target: Path) -> bool:
-    """Move ``source`` to ``target`` by rename when both are on one filesystem.
-
-    Returns ``False`` (and does nothing) when a rename cannot work (another filesystem), so the
-    caller copies, fsyncs and deletes instead. Never replaces an existing ``target``.
-    """
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            return False
-        raise
-    fsync_dir(target.parent)
-    os.unlink(source)
-    fsync_dir(source.parent)
-    return True
 
 
 def write_temp(folder: Path, write: Callable[[BinaryIO], None]) -> tuple[Path, int]:

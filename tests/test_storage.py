@@ -1,23 +1,26 @@
-"""storage.py: safe names, atomic writes/copies/moves, XNAT's folder layout, temp cleanup."""
+"""storage.py: safe names, temporary files and their names, copies and moves as the engine
+makes them, XNAT's folder layout, temp cleanup."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pytest
 
+from flask_dicom_inbox.importer import FileStorer, ImportOptions
 from flask_dicom_inbox.storage import (
     TEMP_PREFIX,
     FilesystemStorage,
-    copy_atomically,
+    copy_to_temp,
     make_dirs,
-    move_atomically,
+    publish,
     remove_temp_files,
     safe_file_name,
     safe_path_component,
-    write_atomically,
+    sync_filesystem,
+    write_temp,
 )
 
 
@@ -64,23 +67,33 @@ def test_safe_path_component_uses_fallback_for_empty() -> None:
     assert safe_path_component("a.b/c", "fb") == "a_b_c"
 
 
-# -- write_atomically -----------------------------------------------------------------------
-def test_write_atomically_writes_and_leaves_no_temp_file(tmp_path: Path) -> None:
+# -- temporary files, then a name ------------------------------------------------------------
+def _write_atomically(target: Path, write: Any) -> int:
+    """What the engine does for one file: a temporary file, a sync, then the name."""
+    tmp, size = write_temp(target.parent, write)
+    try:
+        sync_filesystem(target.parent)
+        publish(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return size
+
+
+def test_a_file_is_written_through_a_temp_name_and_leaves_no_temp_file(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
 
     def _write(out: BinaryIO) -> None:
         out.write(b"hello ")
         out.write(b"world")
 
-    size = write_atomically(target, _write)
+    size = _write_atomically(target, _write)
     assert size == 11
     assert target.read_bytes() == b"hello world"
     assert _temp_files(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
 
 
-def test_write_atomically_removes_temp_file_when_writer_raises(tmp_path: Path) -> None:
-    target = tmp_path / "out.bin"
+def test_write_temp_removes_its_file_when_the_writer_raises(tmp_path: Path) -> None:
     seen: list[Path] = []
 
     def _write(out: BinaryIO) -> None:
@@ -89,13 +102,12 @@ def test_write_atomically_removes_temp_file_when_writer_raises(tmp_path: Path) -
         raise RuntimeError("boom mid-write")
 
     with pytest.raises(RuntimeError, match="boom mid-write"):
-        write_atomically(target, _write)
+        write_temp(tmp_path, _write)
     assert len(seen) == 1  # the write really went through a temporary file
-    assert not target.exists()
     assert list(tmp_path.iterdir()) == []
 
 
-def test_write_atomically_refuses_existing_target(tmp_path: Path) -> None:
+def test_publish_refuses_an_existing_target(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
     target.write_bytes(b"original")
     before = target.stat()
@@ -104,21 +116,22 @@ def test_write_atomically_refuses_existing_target(tmp_path: Path) -> None:
         out.write(b"replacement")
 
     with pytest.raises(FileExistsError):
-        write_atomically(target, _write)
+        _write_atomically(target, _write)
     assert target.read_bytes() == b"original"
     assert target.stat().st_ino == before.st_ino
     assert _temp_files(tmp_path) == []
 
 
 # -- copy / move ----------------------------------------------------------------------------
-def test_copy_atomically_is_byte_identical(tmp_path: Path) -> None:
+def test_copy_to_temp_is_byte_identical(tmp_path: Path) -> None:
     source = tmp_path / "src.bin"
     payload = os.urandom(3 * 1024 * 1024 + 17)
     source.write_bytes(payload)
     dest_dir = tmp_path / "dest"
     dest_dir.mkdir()
     target = dest_dir / "copy.bin"
-    size = copy_atomically(source, target)
+    tmp, size = copy_to_temp(source, dest_dir)
+    publish(tmp, target)
     assert size == len(payload)
     assert target.read_bytes() == payload
     assert source.read_bytes() == payload
@@ -126,18 +139,18 @@ def test_copy_atomically_is_byte_identical(tmp_path: Path) -> None:
     assert _temp_files(tmp_path) == []
 
 
-def test_copy_atomically_refuses_existing_target(tmp_path: Path) -> None:
+def test_a_copy_refuses_an_existing_target(tmp_path: Path) -> None:
     source = tmp_path / "src.bin"
     source.write_bytes(b"new")
     target = tmp_path / "dst.bin"
     target.write_bytes(b"old")
     with pytest.raises(FileExistsError):
-        copy_atomically(source, target)
+        _write_atomically(target, lambda out: out.write(source.read_bytes()))
     assert target.read_bytes() == b"old"
     assert _temp_files(tmp_path) == []
 
 
-def test_copy_atomically_refuses_a_symlinked_source(tmp_path: Path) -> None:
+def test_copy_to_temp_refuses_a_symlinked_source(tmp_path: Path) -> None:
     real = tmp_path / "real.bin"
     real.write_bytes(b"secret")
     link = tmp_path / "link.bin"
@@ -145,31 +158,57 @@ def test_copy_atomically_refuses_a_symlinked_source(tmp_path: Path) -> None:
     target = tmp_path / "dest"
     target.mkdir()
     with pytest.raises(OSError):
-        copy_atomically(link, target / "copy.bin")
+        copy_to_temp(link, target)
     assert list(target.iterdir()) == []
 
 
-def test_move_atomically_moves_the_same_inode(tmp_path: Path) -> None:
+def _move(source: Path, dest_dir: Path, name: str) -> dict[str, Any]:
+    """Store one file the way the engine moves it (cleanupAfterImport=true, no scripts)."""
+    st = source.stat()
+    options = ImportOptions(
+        project_id="p", subject_id=None, expt_label=None, destination="prearchive",
+        overwrite="none", rename=False, cleanup=True, keep_root=False,
+        max_inflated_bytes=1 << 20, progress_every=10**6,
+    )  # fmt: skip
+    storer = FileStorer(options=options, anonymization=(), report=_NoProgress())  # type: ignore[arg-type]
+    item = {
+        "src": str(source), "rel": source.name, "size": st.st_size, "mtime": st.st_mtime_ns,
+        "ino": st.st_ino, "dir": str(dest_dir), "name": name, "label": "l", "subject": "s",
+        "study": "1.2",
+    }  # fmt: skip
+    [result] = storer([item], lambda: None)
+    return result
+
+
+class _NoProgress:
+    def add(self, **deltas: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_move_keeps_the_same_inode(tmp_path: Path) -> None:
     source = tmp_path / "src.bin"
     source.write_bytes(b"payload")
     inode = source.stat().st_ino
     dest_dir = tmp_path / "dest"
     dest_dir.mkdir()
     target = dest_dir / "moved.bin"
-    assert move_atomically(source, target) is True
+    assert _move(source, dest_dir, "moved.bin")["how"] == "move"
     assert not source.exists()
     assert target.read_bytes() == b"payload"
     assert target.stat().st_ino == inode
     assert target.stat().st_nlink == 1
 
 
-def test_move_atomically_refuses_existing_target(tmp_path: Path) -> None:
+def test_a_move_refuses_an_existing_target(tmp_path: Path) -> None:
     source = tmp_path / "src.bin"
     source.write_bytes(b"new")
     target = tmp_path / "dst.bin"
     target.write_bytes(b"old")
-    with pytest.raises(FileExistsError):
-        move_atomically(source, target)
+    result = _move(source, tmp_path, "dst.bin")
+    assert "a different file already exists" in result["e"]
     assert source.read_bytes() == b"new"
     assert target.read_bytes() == b"old"
     assert source.stat().st_nlink == 1

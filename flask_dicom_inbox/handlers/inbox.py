@@ -89,15 +89,6 @@ def count_files(folder: Path, *, max_files: int, max_bytes: int) -> tuple[int, i
     return files, total
 
 
-def has_regular_file(folder: Path) -> bool:
-    for dirpath, _dirs, names in os.walk(folder, followlinks=False):
-        for name in names:
-            with contextlib.suppress(OSError):
-                if stat.S_ISREG(os.lstat(os.path.join(dirpath, name)).st_mode):
-                    return True
-    return False
-
-
 class InboxHandler:
     """XNAT's DICOM Inbox: import a folder under ``<inbox>/<P>/`` where the user can edit P.
 
