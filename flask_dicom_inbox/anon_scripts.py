@@ -33,6 +33,10 @@ class ScriptStep:
     script_id: str
     script: Script
 
+    @property
+    def needs_pixel_data(self) -> bool:
+        return self.script.needs_pixel_data
+
     def apply(self, ds: Any, variables: Mapping[str, str]) -> Any:
         changes = self.script.apply(ds, variables)
         record_deidentification(ds, self.script_id)

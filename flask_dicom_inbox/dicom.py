@@ -26,6 +26,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from .storage import copy_range
+
 DEFLATED = "1.2.840.10008.1.2.1.99"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -250,31 +252,186 @@ def read_full(path: Path) -> FileDataset:
     """A full read (pixel data included) for rewriting; the only read that may be saved."""
     with _quiet():
         ds = pydicom.dcmread(path, force=True)
-        # pydicom converts (and validates, warning) each value on first access; convert them
-        # all here so invalid values (a UID '/etc/x') never warn inside a script.
-        for _elem in ds.iterall():
-            pass
+        _convert_all(ds)
         _check_pixel_length(ds)
     return ds
 
 
-def _check_pixel_length(ds: FileDataset) -> None:
-    """Refuse native pixel data shorter than its header says: pydicom reads a truncated file
-    silently, and rewriting it would make the truncation look valid."""
-    if "PixelData" not in ds or ds.file_meta.get("TransferSyntaxUID") is None:
-        return
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
+def _convert_all(ds: Dataset) -> None:
+    """pydicom converts (and validates, warning) each value on first access; convert them all
+    here so invalid values (a UID '/etc/x') never warn inside a script."""
+    for _elem in ds.iterall():
+        pass
+
+
+def _expected_pixel_bytes(ds: Dataset) -> int | None:
+    """The length native pixel data must have (``None``: compressed, or not knowable)."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None or syntax.is_compressed:
+        return None
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
         bits = int(ds.BitsAllocated)
         expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1) * frames
     except (AttributeError, TypeError, ValueError):
+        return None
+    return (expected * bits + 7) // 8
+
+
+def _check_pixel_length(ds: FileDataset) -> None:
+    """Refuse native pixel data shorter than its header says: pydicom reads a truncated file
+    silently, and rewriting it would make the truncation look valid."""
+    if "PixelData" not in ds:
         return
-    expected_bytes = (expected * bits + 7) // 8
+    expected_bytes = _expected_pixel_bytes(ds)
+    if expected_bytes is None:
+        return
     actual = len(ds.PixelData)
     if actual < expected_bytes:
         raise ValueError(f"pixel data is truncated: {actual} of {expected_bytes} bytes")
+
+
+class Rewrite:
+    """A file being anonymized: its dataset to edit, and how to write the edited file.
+
+    Made by :func:`open_for_rewrite`. When nothing needs the pixel data, :attr:`dataset` is a
+    header read and :meth:`write` re-encodes only the header, then has the kernel copy the
+    pixel data elements from the still-open source: they are nearly all of the bytes, a
+    pydicom read and write of them costs more CPU than everything else together, and this way
+    they are stored exactly as they came.
+    """
+
+    def __init__(
+        self, dataset: FileDataset, source: BinaryIO | None = None, tail: tuple[int, int] = (0, 0)
+    ) -> None:
+        self.dataset = dataset
+        self._source = source
+        self._tail = tail  # (offset, end) of the verbatim pixel data elements in the source
+        self._head: bytes | None = None
+
+    @property
+    def spliced(self) -> bool:
+        """Whether the pixel data is copied verbatim rather than re-encoded by pydicom."""
+        return self._source is not None
+
+    def _encoded(self) -> bytes:
+        if self._head is None:  # once the scripts have run: the dataset is final by then
+            self._head = encode_dataset(self.dataset)
+        return self._head
+
+    def write(self, out: BinaryIO) -> None:
+        """Write the whole edited file to ``out``."""
+        out.write(self._encoded())
+        if self._source is not None:
+            out.flush()
+            copy_range(self._source.fileno(), out.fileno(), *self._tail)
+
+    def to_bytes(self) -> bytes:
+        """The whole edited file in memory (to compare with a file stored earlier)."""
+        if self._source is None:
+            return self._encoded()
+        offset, end = self._tail
+        return self._encoded() + os.pread(self._source.fileno(), end - offset, offset)
+
+
+@contextlib.contextmanager
+def open_for_rewrite(path: Path, *, pixels_needed: bool = True) -> Iterator[Rewrite]:
+    """Open ``path`` to be edited and written elsewhere; see :class:`Rewrite`.
+
+    The pixel data is left out of the read only when ``pixels_needed`` is false and the file
+    is little endian, not deflated, encoded as its transfer syntax says, and holds from its
+    pixel data on nothing but whole pixel data elements of the length its header promises.
+    Anything else (trailing padding or private groups after the pixels, a truncated or
+    mis-encoded file) gets the full read, with its checks and errors.
+    """
+    if not pixels_needed:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as fp:
+            with _quiet():
+                found = _header_and_pixel_tail(fp)
+            if found is not None:
+                yield Rewrite(found[0], fp, found[1])
+                return
+    yield Rewrite(read_full(path))
+
+
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
+
+
+def _header_and_pixel_tail(fp: BinaryIO) -> tuple[FileDataset, tuple[int, int]] | None:
+    """A header read of ``fp`` and where its pixel data elements lie, or ``None`` when the
+    file must be read whole (see :func:`open_for_rewrite`)."""
+    size = os.fstat(fp.fileno()).st_size
+    if _peek_transfer_syntax(fp) in (DEFLATED, ExplicitVRBigEndian):
+        return None
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+    except Exception:  # the full read reports it
+        return None
+    offset = fp.tell()
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    implicit, little = ds.original_encoding
+    try:  # the header is written back as its syntax says; the copied elements must match
+        if not little or (syntax is not None and syntax.is_implicit_VR != implicit):
+            return None
+    except ValueError:  # a transfer syntax pydicom does not know
+        return None
+    if not _only_pixel_elements(fp, offset, size, bool(implicit), _expected_pixel_bytes(ds)):
+        return None
+    _convert_all(ds)
+    return ds, (offset, size)
+
+
+def _only_pixel_elements(
+    fp: BinaryIO, pos: int, size: int, implicit: bool, expected: int | None
+) -> bool:
+    """Whether ``fp`` holds from ``pos`` to its end only whole pixel data elements, native
+    pixel data no shorter than ``expected``."""
+    while pos < size:
+        fp.seek(pos)
+        head = fp.read(12)
+        if len(head) < 8:
+            return False
+        group, element = struct.unpack_from("<HH", head)
+        tag = group << 16 | element
+        if tag not in _PIXEL_TAGS:
+            return False
+        if implicit:
+            (length,) = struct.unpack_from("<I", head, 4)
+            pos += 8
+        else:
+            if head[4:6] not in _LONG_VRS or len(head) < 12:
+                return False
+            (length,) = struct.unpack_from("<I", head, 8)
+            pos += 12
+        if length == 0xFFFFFFFF:
+            end = _end_of_fragments(fp, pos, size)
+            if end is None:
+                return False
+            pos = end
+            continue
+        if tag == 0x7FE00010 and expected is not None and length < expected:
+            return False
+        pos += length
+    return pos == size
+
+
+def _end_of_fragments(fp: BinaryIO, pos: int, size: int) -> int | None:
+    """Where encapsulated pixel data starting at ``pos`` ends (after its delimiter)."""
+    while pos + 8 <= size:
+        fp.seek(pos)
+        group, element, length = struct.unpack("<HHI", fp.read(8))
+        tag = group << 16 | element
+        pos += 8
+        if tag == _SEQUENCE_END:
+            return pos
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            return None
+        pos += length
+    return None
 
 
 def encode_dataset(ds: FileDataset) -> bytes:

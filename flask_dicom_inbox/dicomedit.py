@@ -11,6 +11,7 @@ the file (references in sequences, the file meta), so no original UID survives.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -320,6 +321,12 @@ class Script:
         run.finish()
         return run.changes
 
+    @functools.cached_property
+    def needs_pixel_data(self) -> bool:
+        """Whether a tag path of the script names or matches a pixel data element (7FE0,00xx);
+        when none does, :meth:`apply` gives the same result on a header read."""
+        return any(_names_pixel_data(path) for st in self.statements for path in _paths_of(st))
+
 
 def parse_script(text: str) -> Script:
     """Parse a script; :class:`ScriptSyntaxError` with line and column on any fault."""
@@ -349,6 +356,33 @@ def parse_script(text: str) -> Script:
         seen_statement = True
     retained = tuple(t for s in statements for t in _retains(s))
     return Script(source=text, statements=tuple(statements), retained=retained)
+
+
+_PIXEL_DATA_TAGS = (Tag(0x7FE0, 0x0008), Tag(0x7FE0, 0x0009), Tag(0x7FE0, 0x0010))
+
+
+def _names_pixel_data(path: TagPath) -> bool:
+    return any(path.matches(tag, i) for i in range(len(path.parts)) for tag in _PIXEL_DATA_TAGS)
+
+
+def _paths_of(statement: Statement) -> Iterator[TagPath]:
+    """Every tag path a statement reads or writes, conditions and nested values included."""
+    if statement.target is not None:
+        yield statement.target
+    yield from statement.retain
+    for value in (statement.value, statement.left, statement.right):
+        if value is not None:
+            yield from _value_paths(value)
+    for branch in (statement.then, statement.otherwise):
+        if branch is not None:
+            yield from _paths_of(branch)
+
+
+def _value_paths(value: Value) -> Iterator[TagPath]:
+    if value.tag is not None:
+        yield value.tag
+    for arg in value.args:
+        yield from _value_paths(arg)
 
 
 def _retains(statement: Statement) -> Iterator[TagPath]:

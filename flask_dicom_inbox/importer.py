@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import functools
 import os
 import shutil
 import stat
@@ -24,14 +23,13 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 from .dicom import (
     DicomHeader,
     NotImportable,
-    encode_dataset,
     header_of,
-    read_full,
+    open_for_rewrite,
     read_header,
 )
 from .errors import ImportFailed
@@ -65,7 +63,11 @@ class AnonymizationStep(Protocol):
         ...
 
     def apply(self, ds: Any, variables: Mapping[str, str]) -> Any:
-        """Edit ``ds`` in place (a full read) and record the de-identification."""
+        """Edit ``ds`` in place and record the de-identification.
+
+        ``ds`` is a full read unless every step has a ``needs_pixel_data`` attribute that is
+        false: then it is a header read, and the pixel data is stored as it came.
+        """
         ...
 
 
@@ -257,6 +259,8 @@ class FileStorer:
         self.anonymization = list(anonymization)
         self.report = report
         self.ledger = ledger
+        #: Header reads suffice unless a step reads or edits pixel data (or may: a host's).
+        self.pixels_needed = any(getattr(s, "needs_pixel_data", True) for s in anonymization)
 
     def __call__(
         self, payload: Sequence[Mapping[str, Any]], heartbeat: Callable[[], None]
@@ -322,12 +326,13 @@ class FileStorer:
             raise _FileProblem("changed or removed since the folder was scanned")
         folder = Path(item["dir"])
         if self.anonymization:
-            data, header = self._anonymized_bytes(src, item)
-            target = folder / (item["name"] or template_file_name(header))
-            if os.path.lexists(target):
-                results[idx] = _existing(src, item, target, data)
-                return
-            tmp, size = write_temp(folder, functools.partial(_write_all, data))
+            with open_for_rewrite(src, pixels_needed=self.pixels_needed) as rewrite:
+                header = self._anonymize(rewrite.dataset, item)
+                target = folder / (item["name"] or template_file_name(header))
+                if os.path.lexists(target):
+                    results[idx] = _existing(src, item, target, rewrite.to_bytes)
+                    return
+                tmp, size = write_temp(folder, rewrite.write)
             staged.append((idx, tmp, target, size, "write"))
             return
         target = folder / item["name"]
@@ -400,9 +405,8 @@ class FileStorer:
             with contextlib.suppress(OSError):  # else the cleanup pass deletes or reports it
                 os.unlink(src)
 
-    def _anonymized_bytes(self, src: Path, item: Mapping[str, Any]) -> tuple[bytes, DicomHeader]:
-        """Full read, every script in order, then the bytes to write and their header."""
-        ds = read_full(src)
+    def _anonymize(self, ds: Any, item: Mapping[str, Any]) -> DicomHeader:
+        """Every script in order over ``ds``; the header of the result."""
         variables = {
             "project": self.options.project_id,
             "subject": str(item["subject"]),
@@ -410,11 +414,11 @@ class FileStorer:
         }
         for step in self.anonymization:
             step.apply(ds, variables)
-        return encode_dataset(ds), header_of(ds)
+        return header_of(ds)
 
 
 def _existing(
-    src: Path, item: Mapping[str, Any], target: Path, data: bytes | None
+    src: Path, item: Mapping[str, Any], target: Path, data: Callable[[], bytes] | None
 ) -> dict[str, Any]:
     """A retried chunk meets its own earlier output: accept it when it is this file.
 
@@ -424,7 +428,8 @@ def _existing(
     st = os.lstat(target)
     if stat.S_ISREG(st.st_mode):
         if data is not None:
-            if st.st_size == len(data) and target.read_bytes() == data:
+            expected = data()
+            if st.st_size == len(expected) and target.read_bytes() == expected:
                 return {"n": st.st_size, "how": "existing", "name": target.name}
         elif st.st_ino == int(item["ino"]) or _same_bytes(src, target):
             return {"n": st.st_size, "how": "existing", "name": target.name}
@@ -854,10 +859,6 @@ def _names(files: Sequence[ScannedFile], anonymizing: bool, rename: bool) -> lis
 
 class _FileProblem(Exception):
     pass
-
-
-def _write_all(data: bytes, out: BinaryIO) -> None:
-    out.write(data)
 
 
 def _stat_of(sf: ScannedFile) -> dict[str, int]:

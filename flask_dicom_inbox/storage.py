@@ -15,7 +15,6 @@ import ctypes.util
 import errno
 import os
 import re
-import shutil
 import sys
 import uuid
 from collections.abc import Callable
@@ -141,23 +140,32 @@ def copy_to_temp(source: Path, folder: Path) -> tuple[Path, int]:
 
     def _copy(out: BinaryIO) -> None:
         with open(source, "rb", opener=_open_nofollow) as src:
-            if sys.platform == "linux":
-                _sendfile_all(src.fileno(), out.fileno())
-            else:
-                shutil.copyfileobj(src, out, 1024 * 1024)
+            copy_range(src.fileno(), out.fileno(), 0, os.fstat(src.fileno()).st_size)
 
     return write_temp(folder, _copy)
 
 
-def _sendfile_all(src: int, dst: int) -> None:
-    size = os.fstat(src).st_size
-    offset = 0
-    while offset < size:
-        sent = os.sendfile(dst, src, offset, min(size - offset, 1 << 30))
+def copy_range(src: int, dst: int, offset: int, end: int) -> None:
+    """Append bytes ``offset`` to ``end`` of file ``src`` to file ``dst`` at its position.
+
+    On Linux the kernel copies (``sendfile``): no trip through Python's memory. A source that
+    shrank meanwhile ends the copy early; the caller's size checks see it.
+    """
+    if sys.platform != "linux":
+        while offset < end:
+            chunk = os.pread(src, min(end - offset, 1024 * 1024), offset)
+            if not chunk:
+                return
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst, view) :]
+            offset += len(chunk)
+        return
+    while offset < end:
+        sent = os.sendfile(dst, src, offset, min(end - offset, 1 << 30))
         if sent == 0:
-            break
+            return
         offset += sent
-    os.lseek(dst, offset, os.SEEK_SET)
 
 
 def publish(tmp: Path, target: Path) -> None:

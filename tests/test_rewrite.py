@@ -1,0 +1,174 @@
+"""Anonymizing rewrites: a header read with the pixel data copied verbatim must give the very
+bytes a full pydicom read and write gives, and every file it cannot be sure of gets the full
+read."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+
+from example_app.demo import make_dataset
+from flask_dicom_inbox.anon_scripts import DEFAULT_SITE_SCRIPT, ScriptStep, compile_script
+from flask_dicom_inbox.dicom import encode_dataset, open_for_rewrite, read_full
+from flask_dicom_inbox.dicomedit import parse_script
+from flask_dicom_inbox.importer import FileStorer, ImportOptions, ProgressReporter
+
+VARIABLES = {"project": "P1", "subject": "S1", "session": "E1"}
+SITE = ScriptStep("site", compile_script(DEFAULT_SITE_SCRIPT))
+
+
+def _bundled(name: str) -> Path:
+    found = get_testdata_file(name, download=False)
+    assert found is not None, f"{name} is not in the installed pydicom test data"
+    return Path(found)
+
+
+def _rewritten(path: Path, *, pixels_needed: bool, out: Path) -> tuple[bool, bytes]:
+    with open_for_rewrite(path, pixels_needed=pixels_needed) as rewrite:
+        SITE.apply(rewrite.dataset, VARIABLES)
+        with open(out, "wb") as fp:
+            rewrite.write(fp)
+        in_memory = rewrite.to_bytes()
+    written = out.read_bytes()
+    assert written == in_memory, "write() and to_bytes() agree"
+    return rewrite.spliced, written
+
+
+def _full_rewrite(path: Path) -> bytes:
+    ds = read_full(path)
+    SITE.apply(ds, VARIABLES)
+    return encode_dataset(ds)
+
+
+@pytest.mark.parametrize(
+    ("name", "spliced"),
+    [
+        ("emri_small.dcm", True),  # explicit VR little endian, native, multi-frame
+        ("CT_small.dcm", False),  # trailing padding (FFFC,FFFC) after the pixels: full read
+        ("MR_small.dcm", False),  # the same
+        ("MR_small_implicit.dcm", True),  # implicit VR little endian
+        ("JPEG2000.dcm", True),  # encapsulated: fragments walked to the delimiter
+        ("SC_rgb_rle.dcm", True),  # RLE, encapsulated
+        ("rtplan.dcm", True),  # no pixel data at all
+        ("MR_small_bigendian.dcm", False),  # big endian: full read
+        ("image_dfl.dcm", False),  # deflated: full read
+    ],
+)
+def test_header_rewrite_gives_the_bytes_of_a_full_rewrite(
+    tmp_path: Path, name: str, spliced: bool
+) -> None:
+    path = _bundled(name)
+    was_spliced, written = _rewritten(path, pixels_needed=False, out=tmp_path / "out.dcm")
+    assert was_spliced is spliced
+    assert written == _full_rewrite(path)
+    full_spliced, full = _rewritten(path, pixels_needed=True, out=tmp_path / "full.dcm")
+    assert full_spliced is False and full == written
+
+
+def _generated(tmp_path: Path) -> Path:
+    path = tmp_path / "ct.dcm"
+    ds = make_dataset(
+        study_uid="1.2.3.1", series_uid="1.2.3.2", sop_uid="1.2.3.3", series_number=1,
+        instance_number=1, rows=16, columns=16,
+    )  # fmt: skip
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_file_without_preamble_and_file_meta_is_spliced(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(_generated(tmp_path))
+    ds.file_meta = FileMetaDataset()
+    ds.preamble = None
+    bare = tmp_path / "bare.dcm"
+    ds.save_as(bare, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert bare.read_bytes()[:4] == b"\x08\x00\x16\x00"  # (0008,0016) first: no preamble
+    spliced, written = _rewritten(bare, pixels_needed=False, out=tmp_path / "out.dcm")
+    assert spliced
+    assert written == _full_rewrite(bare)
+    assert written[128:132] == b"DICM"  # stored as a Part 10 file
+
+
+def test_elements_after_the_pixel_data_get_the_full_read(tmp_path: Path) -> None:
+    """Trailing padding (FFFC,FFFC) or a private group after the pixels: the scripts must see
+    them (removeAllPrivateTags), so the file is read whole."""
+    path = _generated(tmp_path)
+    for tail in (
+        struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 4) + b"\x00" * 4,
+        struct.pack("<HH2sH", 0x7FE1, 0x0010, b"LO", 4) + b"ACME",
+    ):
+        padded = tmp_path / "padded.dcm"
+        padded.write_bytes(path.read_bytes() + tail)
+        spliced, written = _rewritten(padded, pixels_needed=False, out=tmp_path / "out.dcm")
+        assert spliced is False
+        assert written == _full_rewrite(padded)
+
+
+def test_truncated_pixel_data_gets_the_full_read_and_its_error(tmp_path: Path) -> None:
+    path = _generated(tmp_path)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[:-100])  # the element still claims the whole length
+    with pytest.raises(ValueError, match="truncated"):
+        with open_for_rewrite(cut, pixels_needed=False):
+            pass
+    short = tmp_path / "short.dcm"  # length and bytes agree, but fewer than Rows x Columns
+    at = data.rindex(struct.pack("<HH", 0x7FE0, 0x0010))
+    short.write_bytes(data[: at + 8] + struct.pack("<I", 100) + data[at + 12 : at + 112])
+    with pytest.raises(ValueError, match="truncated"):
+        with open_for_rewrite(short, pixels_needed=False):
+            pass
+
+
+def test_pixel_data_of_a_spliced_rewrite_is_the_source_bytes(tmp_path: Path) -> None:
+    path = _generated(tmp_path)
+    source = path.read_bytes()
+    spliced, written = _rewritten(path, pixels_needed=False, out=tmp_path / "out.dcm")
+    assert spliced
+    at = source.rindex(struct.pack("<HH", 0x7FE0, 0x0010))
+    assert written.endswith(source[at:])
+    assert b"PatientName" not in written and written != source
+
+
+@pytest.mark.parametrize(
+    ("script", "needs"),
+    [
+        (DEFAULT_SITE_SCRIPT, False),
+        ('version "6.1"\n-(7FE0,0010)\n', True),
+        ('version "6.1"\n(0010,0010) := (7FE0,0010)\n', True),
+        ('version "6.1"\n-(7FEX,XXXX)\n', True),
+        ('version "6.1"\n(0008,1030) = "x" ? -(7FE0,0008) : (0010,0010) := "y"\n', True),
+        ('version "6.1"\nretainPrivateTags[(0019,XX10)]\nremoveAllPrivateTags\n', False),
+    ],
+)
+def test_scripts_say_whether_they_need_pixel_data(script: str, needs: bool) -> None:
+    assert parse_script(script).needs_pixel_data is needs
+
+
+class _HostStep:
+    """A host's own step: nothing says it leaves the pixels alone."""
+
+    script_id = "host"
+
+    def apply(self, ds: object, variables: object) -> None:
+        assert "PixelData" in ds  # type: ignore[operator]
+
+
+def test_a_step_without_needs_pixel_data_gets_full_reads(tmp_path: Path) -> None:
+    options = ImportOptions(
+        project_id="P1", subject_id=None, expt_label="E1", destination="prearchive",
+        overwrite="none", rename=False, cleanup=False, keep_root=False,
+        max_inflated_bytes=2**20, progress_every=10,
+    )  # fmt: skip
+    report = ProgressReporter.__new__(ProgressReporter)
+    assert FileStorer(options=options, anonymization=[SITE], report=report).pixels_needed is False
+    mixed = FileStorer(options=options, anonymization=[SITE, _HostStep()], report=report)
+    assert mixed.pixels_needed is True
+    path = _generated(tmp_path)
+    with open_for_rewrite(path, pixels_needed=mixed.pixels_needed) as rewrite:
+        _HostStep().apply(rewrite.dataset, VARIABLES)
+        assert not rewrite.spliced
