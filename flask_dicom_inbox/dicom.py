@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pydicom
+from pydicom.charset import default_encoding
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset, validate_file_meta
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -303,11 +306,16 @@ class Rewrite:
     """
 
     def __init__(
-        self, dataset: FileDataset, source: BinaryIO | None = None, tail: tuple[int, int] = (0, 0)
+        self,
+        dataset: FileDataset,
+        source: BinaryIO | None = None,
+        tail: tuple[int, int] = (0, 0),
+        originals: _Originals | None = None,
     ) -> None:
         self.dataset = dataset
         self._source = source
         self._tail = tail  # (offset, end) of the verbatim pixel data elements in the source
+        self._originals = originals
         self._head: bytes | None = None
 
     @property
@@ -317,7 +325,11 @@ class Rewrite:
 
     def _encoded(self) -> bytes:
         if self._head is None:  # once the scripts have run: the dataset is final by then
-            self._head = encode_dataset(self.dataset)
+            originals = self._originals
+            if originals is not None and originals.charset == _charset(self.dataset):
+                self._head = _encode_reusing(self.dataset, originals)
+            else:
+                self._head = encode_dataset(self.dataset)
         return self._head
 
     def write(self, out: BinaryIO) -> None:
@@ -351,7 +363,8 @@ def open_for_rewrite(path: Path, *, pixels_needed: bool = True) -> Iterator[Rewr
             with _quiet():
                 found = _header_and_pixel_tail(fp)
             if found is not None:
-                yield Rewrite(found[0], fp, found[1])
+                ds, tail, originals = found
+                yield Rewrite(ds, fp, tail, originals)
                 return
     yield Rewrite(read_full(path))
 
@@ -360,9 +373,11 @@ _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
 
 
-def _header_and_pixel_tail(fp: BinaryIO) -> tuple[FileDataset, tuple[int, int]] | None:
-    """A header read of ``fp`` and where its pixel data elements lie, or ``None`` when the
-    file must be read whole (see :func:`open_for_rewrite`)."""
+def _header_and_pixel_tail(
+    fp: BinaryIO,
+) -> tuple[FileDataset, tuple[int, int], _Originals] | None:
+    """A header read of ``fp``, where its pixel data elements lie and its elements' original
+    bytes, or ``None`` when the file must be read whole (see :func:`open_for_rewrite`)."""
     size = os.fstat(fp.fileno()).st_size
     if _peek_transfer_syntax(fp) in (DEFLATED, ExplicitVRBigEndian):
         return None
@@ -372,6 +387,7 @@ def _header_and_pixel_tail(fp: BinaryIO) -> tuple[FileDataset, tuple[int, int]] 
     except Exception:  # the full read reports it
         return None
     offset = fp.tell()
+    spans = {**_spans(ds.file_meta, False), **_spans(ds, bool(ds.original_encoding[0]))}
     syntax = ds.file_meta.get("TransferSyntaxUID")
     implicit, little = ds.original_encoding
     try:  # the header is written back as its syntax says; the copied elements must match
@@ -382,7 +398,98 @@ def _header_and_pixel_tail(fp: BinaryIO) -> tuple[FileDataset, tuple[int, int]] 
     if not _only_pixel_elements(fp, offset, size, bool(implicit), _expected_pixel_bytes(ds)):
         return None
     _convert_all(ds)
-    return ds, (offset, size)
+    originals = _Originals(
+        head=os.pread(fp.fileno(), offset, 0),
+        spans=spans,
+        elements={
+            tag: (elem, elem.VR, _snapshot(elem.value))
+            for tag, elem in [*ds.file_meta._dict.items(), *ds._dict.items()]
+        },
+        charset=_charset(ds),
+    )
+    return ds, (offset, size), originals
+
+
+@dataclass(frozen=True, slots=True)
+class _Originals:
+    """What a header read saw: the bytes before the pixel data, where each top-level element
+    (file meta included) lies in them, and each element as read, to tell which ones a script
+    left alone."""
+
+    head: bytes
+    spans: dict[BaseTag, tuple[int, int]]
+    elements: dict[BaseTag, tuple[object, str | None, object]]
+    charset: object
+
+    def write(self, buffer: DicomBytesIO, ds: Dataset, encodings: object) -> None:
+        """Write ``ds``'s elements in tag order: the original bytes of each one left alone,
+        pydicom's encoding of the others (sequences always: they change in place)."""
+        head, spans, before = self.head, self.spans, self.elements
+        for tag in sorted(ds._dict):
+            if tag.element == 0 and tag.group != 2:  # retired group lengths: pydicom drops them
+                continue
+            elem = ds._dict[tag]
+            seen = before.get(tag)
+            span = spans.get(tag)
+            if (
+                span is not None
+                and seen is not None
+                and seen[0] is elem
+                and seen[1] == elem.VR
+                and elem.VR != "SQ"
+                and seen[2] == _snapshot(elem.value)
+            ):
+                buffer.write(head[span[0] : span[1]])
+            else:
+                write_data_element(buffer, ds.get_item(tag), encodings)  # type: ignore[arg-type]
+
+
+def _spans(ds: Dataset, implicit: bool) -> dict[BaseTag, tuple[int, int]]:
+    """Where each still-raw element of defined length lies in the file (top level only)."""
+    spans = {}
+    for tag, raw in ds._dict.items():
+        if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
+            continue
+        vr = (raw.VR or "").encode("ascii", "replace")
+        header = 8 if implicit or vr not in _LONG_VRS else 12
+        spans[tag] = (raw.value_tell - header, raw.value_tell + raw.length)
+    return spans
+
+
+def _snapshot(value: object) -> object:
+    return tuple(value) if isinstance(value, list) else value  # MultiValue is changed in place
+
+
+def _charset(ds: Dataset) -> object:
+    return _snapshot(ds.get("SpecificCharacterSet"))
+
+
+def _encode_reusing(ds: FileDataset, originals: _Originals) -> bytes:
+    """:func:`encode_dataset` that copies the original bytes of every element a script left
+    alone: pydicom spends about 40 µs on each element it writes, most of a rewrite's time.
+
+    Gives the bytes pydicom gives (its file meta fix-ups included) for every element pydicom
+    reads and writes back unchanged. Only for files :func:`open_for_rewrite` splices, so the
+    file's encoding and character set are the ones written.
+    """
+    with _quiet():
+        _ensure_file_meta(ds)
+        meta = FileMetaDataset()  # validation adds to it; not the dataset's own
+        meta._dict.update(ds.file_meta._dict)
+        validate_file_meta(meta, enforce_standard=True)
+        body = DicomBytesIO()
+        body.is_little_endian, body.is_implicit_VR = True, False
+        meta._dict.pop(BaseTag(0x00020000), None)  # written below, with the new length
+        originals.write(body, meta, default_encoding)
+        group = body.getvalue()
+        buffer = DicomBytesIO()
+        buffer.write(b"\x00" * 128 + b"DICM")
+        buffer.write(struct.pack("<HH2sHI", 2, 0, b"UL", 4, len(group)) + group)
+        buffer.is_little_endian = True
+        buffer.is_implicit_VR = bool(meta.TransferSyntaxUID.is_implicit_VR)
+        originals.write(buffer, ds, ds.get("SpecificCharacterSet", default_encoding))
+    ds.preamble = b"\x00" * 128
+    return buffer.getvalue()
 
 
 def _only_pixel_elements(
@@ -459,8 +566,10 @@ def _ensure_file_meta(ds: FileDataset) -> None:
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
         else:
             meta.TransferSyntaxUID = ExplicitVRBigEndian
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if meta.get("MediaStorageSOPClassUID") != ds.SOPClassUID:  # (an assignment validates)
+        meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    if meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID:
+        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
 
 
 def header_of(ds: Dataset) -> DicomHeader:
