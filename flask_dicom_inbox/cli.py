@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 from flask import current_app
 from flask.cli import AppGroup
@@ -19,8 +21,16 @@ dicom_inbox_cli = AppGroup("dicom-inbox", help="DICOM inbox: workers and mainten
 @click.option("--burst", is_flag=True, help="Quit once the queue is empty.")
 @click.option("--simple", is_flag=True, help="Run jobs in this process (no fork per job).")
 @click.option("--with-scheduler", is_flag=True, help="Also run RQ's scheduler.")
-def worker_command(burst: bool, simple: bool, with_scheduler: bool) -> None:
+@click.option(
+    "--logging-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="Of the worker's log (INFO: a line per import with the seconds of each phase).",
+)
+def worker_command(burst: bool, simple: bool, with_scheduler: bool, logging_level: str) -> None:
     """Start an RQ worker for the import queue, bound to this app."""
+    _log_to_stderr(logging_level.upper())
     state = current_state()
     # Ride out a Redis restart: the worker, its work-horse and the import's record writes
     # retry a lost connection instead of dying with the request half done.
@@ -33,6 +43,16 @@ def worker_command(burst: bool, simple: bool, with_scheduler: bool) -> None:
         click.echo(f"re-queued request(s) whose worker died: {', '.join(map(str, requeued))}")
     current_app.logger.info("dicom-inbox worker on queue %s", state.queue.name)
     worker.work(burst=burst, with_scheduler=with_scheduler)
+
+
+def _log_to_stderr(level: str) -> None:
+    """The package's log on stderr, beside RQ's, unless the host configured logging."""
+    package_log = logging.getLogger("flask_dicom_inbox")
+    package_log.setLevel(level)
+    if not package_log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        package_log.addHandler(handler)
 
 
 def patient_retry(seconds: float) -> Retry:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import logging
 import os
 import shutil
 import stat
@@ -51,6 +52,7 @@ from .storage import (
 #: ``(phase, payloads, meta) -> results``, one result per payload, in order.
 PhaseRunner = Callable[[str, Sequence[Any], Mapping[str, Any]], list[Any]]
 
+log = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -269,6 +271,7 @@ class FileStorer:
         staged: list[tuple[int, Path, Path, int, str]] = []
         linked: list[tuple[int, Path, Path]] = []
         full = False
+        started = time.monotonic()
         try:
             for idx, item in enumerate(payload):
                 heartbeat()
@@ -289,7 +292,12 @@ class FileStorer:
                     with contextlib.suppress(OSError):
                         os.unlink(target)
             else:
+                staging = time.monotonic() - started
                 self._publish(payload, results, staged, linked)
+                log.debug(
+                    "dicom-inbox: stored %d files: %.2f s staging, %.2f s syncing and naming",
+                    len(payload), staging, time.monotonic() - started - staging,
+                )  # fmt: skip
         finally:
             for _idx, tmp, _target, _size, _how in staged:
                 with contextlib.suppress(FileNotFoundError):
@@ -529,7 +537,9 @@ class ImportEngine:
         """Import every file under ``root``; return the sessions written (for the status)."""
         earlier = self.store.stored_files(self.request.id)  # by a killed earlier run
         self.store.reset_progress(self.request.id)
+        clock = _PhaseClock()
         files = walk_files(root, self.report)
+        clock.lap("walk")
         seen = {str(sf.path) for sf in files}
         carried = [
             entry
@@ -539,6 +549,7 @@ class ImportEngine:
         self.store.set_progress(self.request.id, filesFound=len(files) + len(carried))
         self.report.flush()
         readable = self._read_headers(files)
+        clock.lap("headers")
         sessions = group_sessions(readable, self.options, self.report)
         self.report.flush()
         timestamp = self._prearchive_timestamp()
@@ -546,8 +557,11 @@ class ImportEngine:
         folders: list[Path] = []
         try:
             planned, owners, folders = self._plan(sessions, timestamp, folders)
+            clock.lap("plan")
             results = self._run_chunks("store", planned, {"scripts": self.script_texts})
+            clock.lap("store")
             stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
+            clock.lap("tally")
         except BaseException:
             # A set-aside archive session comes back when its replacement never happened.
             self._remove_empty_folders(folders)
@@ -556,7 +570,9 @@ class ImportEngine:
             raise
         if self.options.cleanup:
             self._cleanup(root, stored)
+            clock.lap("cleanup")
         self.report.flush()
+        log.info("dicom-inbox: request %s, %d files: %s", self.request.id, len(files), clock)
         found = len(files) + len(carried)
         imported = len(stored) + len(carried)
         self.store.set_progress(
@@ -855,6 +871,22 @@ def _names(files: Sequence[ScannedFile], anonymizing: bool, rename: bool) -> lis
             used.add(name)
             names.append(name)
     return names
+
+
+class _PhaseClock:
+    """Seconds per phase of one run, for the worker's log (where an import spends its time)."""
+
+    def __init__(self) -> None:
+        self.laps: list[tuple[str, float]] = []
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.laps.append((phase, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.laps)
 
 
 class _FileProblem(Exception):

@@ -128,6 +128,8 @@ def write_temp(folder: Path, write: Callable[[BinaryIO], None]) -> tuple[Path, i
     try:
         with open(tmp, "xb") as out:
             write(out)
+            out.flush()
+            start_writeback(out.fileno())
             return tmp, out.tell()
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -180,6 +182,22 @@ def publish(tmp: Path, target: Path) -> None:
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def start_writeback(fd: int) -> None:
+    """Have the kernel start writing ``fd``'s data to disk now, without waiting for it.
+
+    The batch's sync then finds most of the data already written instead of all of it, so
+    the disk works while the CPU rewrites the next files. Linux only; a hint, never an error.
+    """
+    if _sync_file_range is not None:
+        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def sync_filesystem(path: Path) -> None:
