@@ -29,6 +29,7 @@ from pydicom.filewriter import write_data_element
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from . import raw_header
 from .storage import copy_range
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -66,10 +67,16 @@ def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as fp:
-        if os.fstat(fp.fileno()).st_size == 0:
+        size = os.fstat(fp.fileno()).st_size
+        if size == 0:
             raise NotImportable("empty file")
         with _quiet():
-            transfer_syntax = _peek_transfer_syntax(fp)
+            transfer_syntax, media_class = _peek_meta(fp)
+        implicit = _LITTLE_ENDIAN_SYNTAXES.get(transfer_syntax)
+        if implicit is not None and media_class != MEDIA_STORAGE_DIRECTORY:
+            header = _walked_header(fp, fp.tell(), size, implicit)
+            if header is not None:
+                return header
         if transfer_syntax == DEFLATED:
             _check_inflated_size(fp, max_inflated_bytes)
         fp.seek(0)
@@ -83,26 +90,100 @@ def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
                 f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})"
             ) from exc
         with _quiet():
-            header = _header_from(ds)
-            _check_lengths(ds)
-            return header
+            truncation = _truncation(ds)
+            header = _header_from(ds)  # "not a DICOM file" and the like come first
+        if truncation:
+            raise NotImportable(truncation)
+        return header
 
 
-def _check_lengths(ds: Dataset) -> None:
-    """Refuse a file with an element whose length runs past the end of the file.
+def _little_endian_syntaxes() -> dict[str, bool]:
+    """Transfer syntaxes whose data set is little endian and not deflated: implicit VR?"""
+    known = {}
+    for name in dir(pydicom.uid):
+        uid = getattr(pydicom.uid, name)
+        if isinstance(uid, pydicom.uid.UID) and uid.is_transfer_syntax and not uid.is_private:
+            if uid.is_little_endian and not uid.is_deflated:
+                known[str(uid)] = bool(uid.is_implicit_VR)
+    return known
+
+
+_LITTLE_ENDIAN_SYNTAXES = _little_endian_syntaxes()
+_WALKED_TAGS = {
+    keyword: BaseTag(tag_for_keyword(keyword) or 0)
+    for keyword in (
+        "SpecificCharacterSet",
+        "SOPClassUID",
+        "SOPInstanceUID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "InstanceNumber",
+        "PatientID",
+        "PatientName",
+        *_COMMENT_TAGS,
+    )
+}
+_WALKED = frozenset(int(tag) for tag in _WALKED_TAGS.values())
+
+
+def _walked_header(fp: BinaryIO, start: int, size: int, implicit: bool) -> DicomHeader | None:
+    """The header from :mod:`.raw_header`'s walk, or ``None`` (read it with pydicom)."""
+    fp.seek(0)
+    data = fp.read(16 * 1024)  # a CT header is 2-10 KB
+    try:
+        found = raw_header.walk(data, start, size, implicit=implicit, wanted=_WALKED)
+    except raw_header.NeedMore:
+        if size > 8 * 2**20:
+            return None
+        fp.seek(0)
+        data = fp.read()
+        try:
+            found = raw_header.walk(data, start, size, implicit=implicit, wanted=_WALKED)
+        except raw_header.NeedMore:
+            return None
+    if found is None:
+        return None
+    text: dict[str, str] = {}
+    for keyword, tag in _WALKED_TAGS.items():
+        raw = found.get(int(tag), b"")
+        if not raw.isascii() or b"\x1b" in raw or b"\\" in raw:
+            return None  # a character set to decode, or several values: pydicom's job
+        text[keyword] = raw.decode("ascii").strip("\x00 ")
+    if not text["SOPClassUID"] or not text["SOPInstanceUID"]:
+        return None  # pydicom's read gives the reason
+    comments = " ".join(text[t] for t in _COMMENT_TAGS)
+    return DicomHeader(
+        sop_class_uid=text["SOPClassUID"],
+        sop_instance_uid=text["SOPInstanceUID"],
+        study_instance_uid=text["StudyInstanceUID"],
+        series_instance_uid=text["SeriesInstanceUID"],
+        series_number=text["SeriesNumber"],
+        instance_number=text["InstanceNumber"],
+        patient_id=text["PatientID"],
+        patient_name=text["PatientName"],
+        subject_hint=_comment_field(comments, "Subject"),
+        session_hint=_comment_field(comments, "Session"),
+    )
+
+
+def _truncation(ds: Dataset) -> str | None:
+    """Why a file with an element whose length runs past the end of the file is refused.
 
     pydicom reads such an element short without a word: a private element claiming 4 GiB
     would swallow the rest of the file (UIDs, pixel data) and import as a broken instance.
+    Looked for before anything converts the raw values (conversion hides the short read).
     """
     for elem in ds._dict.values():
         length = getattr(elem, "length", None)
         value = getattr(elem, "value", None)
         if isinstance(value, bytes) and isinstance(length, int) and length != 0xFFFFFFFF:
             if len(value) < length:
-                raise NotImportable(
+                return (
                     f"truncated: element {elem.tag} declares {length} bytes, "
                     f"the file holds {len(value)}"
                 )
+    return None
 
 
 @contextlib.contextmanager
@@ -193,11 +274,18 @@ _LONG_VRS = {
     b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
 }  # fmt: skip
 _TRANSFER_SYNTAX_TAG = (0x0002, 0x0010)
+_MEDIA_CLASS_TAG = (0x0002, 0x0002)
 
 
 def _peek_transfer_syntax(fp: BinaryIO) -> str:
     """The transfer syntax from the file meta (``""`` when there is none to read); leaves
-    ``fp`` just after the meta group, where a deflated data set starts.
+    ``fp`` just after the meta group, where a deflated data set starts."""
+    return _peek_meta(fp)[0]
+
+
+def _peek_meta(fp: BinaryIO) -> tuple[str, str]:
+    """The transfer syntax and media storage SOP class from the file meta (``""`` when there
+    is none to read); leaves ``fp`` just after the meta group.
 
     The meta group is walked by hand (explicit VR little endian, as Part 10 requires): it is
     read for every file before pydicom's own read, and a full meta parse costs as much as
@@ -208,7 +296,7 @@ def _peek_transfer_syntax(fp: BinaryIO) -> str:
     fp.seek(offset)
     meta = fp.read(64 * 1024)
     pos = 0
-    syntax = ""
+    values = {_TRANSFER_SYNTAX_TAG: "", _MEDIA_CLASS_TAG: ""}
     while pos + 8 <= len(meta):
         group, element = struct.unpack_from("<HH", meta, pos)
         if group != 0x0002:
@@ -224,11 +312,12 @@ def _peek_transfer_syntax(fp: BinaryIO) -> str:
             start = pos + 8
         if length == 0xFFFFFFFF:
             break
-        if (group, element) == _TRANSFER_SYNTAX_TAG:
-            syntax = meta[start : start + length].decode("ascii", "replace").strip("\x00 ")
+        if (group, element) in values:
+            text = meta[start : start + length].decode("ascii", "replace").strip("\x00 ")
+            values[group, element] = text
         pos = start + length
     fp.seek(offset + min(pos, len(meta)))
-    return syntax
+    return values[_TRANSFER_SYNTAX_TAG], values[_MEDIA_CLASS_TAG]
 
 
 def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
