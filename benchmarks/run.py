@@ -23,6 +23,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -471,7 +472,8 @@ class Bench:
         p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
         self.results.extra.append(
             f"status GET under load: 50 pollers (5 processes x 10 threads, a connection each, "
-            f"{self.args.poll_interval} s pause) during a {self.files}-file anonymizing import: "
+            f"{self.args.poll_interval} s mean pause, random phase) during a "
+            f"{self.files}-file anonymizing import: "
             f"{len(latencies)} GETs, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms, "
             f"max {latencies[-1] * 1000:.1f} ms, {errors} errors"
         )
@@ -606,7 +608,11 @@ def _poller_proc(
     path = f"/xapi/dicom/{rid_box.value}"
 
     def poll(conn: http.client.HTTPConnection) -> None:
+        # Independent clients, not a herd in lockstep: each starts at a random moment of its
+        # first pause and waits 0.5-1.5x the pause (the same mean rate) between calls.
+        rng = random.Random()
         mine: list[float] = []
+        time.sleep(rng.uniform(0, pause))
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
@@ -623,7 +629,7 @@ def _poller_proc(
             else:
                 with lock:
                     errors[0] += 1
-            time.sleep(pause)
+            time.sleep(pause * rng.uniform(0.5, 1.5))
         conn.close()
         with lock:
             out.extend(mine)
@@ -698,7 +704,9 @@ class _Monitor:
 class Site:
     """The example app on a private folder, key prefix and queue: one server, N workers."""
 
-    def __init__(self, root: Path, redis_url: str, worker_nice: int = 0) -> None:
+    def __init__(
+        self, root: Path, redis_url: str, worker_nice: int = 0, web: str = "gunicorn"
+    ) -> None:
         tag = uuid.uuid4().hex[:10]
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
@@ -706,6 +714,7 @@ class Site:
         self.prearchive = root / "prearchive"
         self.password = secrets.token_urlsafe(12)
         self.worker_nice = worker_nice
+        self.web = web
         self.config = {
             "DATABASE": str(root / "example.sqlite"),
             "DICOM_INBOX_PATH": str(self.inbox),
@@ -733,17 +742,14 @@ class Site:
         self.http = requests.Session()
         self.log = open(root / "site.log", "ab")
 
-    def _spawn(self, args: list[str], nice: int = 0) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], nice: int = 0, module: str = "flask"
+    ) -> subprocess.Popen[bytes]:
+        command = [PY, "-m", "flask", "--app", "example_app", *args]
+        if module != "flask":
+            command = [PY, "-m", module, *args[1:]]
         proc = subprocess.Popen(
-            [
-                *(["nice", "-n", str(nice)] if nice else []),
-                PY,
-                "-m",
-                "flask",
-                "--app",
-                "example_app",
-                *args,
-            ],
+            [*(["nice", "-n", str(nice)] if nice else []), *command],
             cwd=ROOT,
             env=self.env,
             stdout=self.log,
@@ -754,18 +760,21 @@ class Site:
 
     def start(self, workers: int) -> None:
         self.port = _free_port()
-        self.server = self._spawn(
-            [
-                "run",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--no-reload",
-                "--no-debugger",
-                "--with-threads",
-            ]
-        )
+        if self.web == "gunicorn":  # as docs/deployment.md runs it: a process per core
+            self.server = self._spawn(
+                [
+                    *("gunicorn", "-b", f"127.0.0.1:{self.port}", "-w", str(os.cpu_count() or 2)),
+                    *("-k", "gthread", "--threads", "16", "example_app:create_app()"),
+                ],
+                module="gunicorn",
+            )
+        else:
+            self.server = self._spawn(
+                [
+                    *("run", "--host", "127.0.0.1", "--port", str(self.port)),
+                    *("--no-reload", "--no-debugger", "--with-threads"),
+                ]
+            )
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(200):
             with contextlib.suppress(requests.ConnectionError):
@@ -1038,8 +1047,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-nice",
         type=int,
-        default=int(env.get("BENCH_WORKER_NICE", 0)),
-        help="run the workers under `nice -n N` (as a deployment may, to favour the web tier)",
+        default=int(env.get("BENCH_WORKER_NICE", 10)),
+        help="run the workers under `nice -n N`, as docs/deployment.md advises, so the web tier "
+        "answers first when both share a host",
+    )
+    parser.add_argument(
+        "--web",
+        choices=["gunicorn", "flask"],
+        default=env.get("BENCH_WEB", "gunicorn"),
+        help="the example app's web server: gunicorn (gthread, a process per core) or "
+        "Flask's development server",
     )
     parser.add_argument("--only", default="", help="comma-separated methods (see --list)")
     parser.add_argument("--list", action="store_true", help="name the methods and quit")
@@ -1100,7 +1117,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"flask-dicom-inbox benchmark: {machine()}; {args.files} files, {args.rounds} round(s) "
         f"of {args.runs} run(s), "
-        f"{args.workers} worker(s) (nice {args.worker_nice}); methods: {', '.join(chosen)}",
+        f"{args.workers} worker(s) (nice {args.worker_nice}), web server {args.web}; "
+        f"methods: {', '.join(chosen)}",
         flush=True,
     )
     bench.prepare_data()
@@ -1126,7 +1144,9 @@ def main(argv: list[str] | None = None) -> None:
                     simple[name]()
                     continue
                 if site is None and name != "orthanc":
-                    site = Site(bench.work / "site", redis_url, worker_nice=args.worker_nice)
+                    site = Site(
+                        bench.work / "site", redis_url, worker_nice=args.worker_nice, web=args.web
+                    )
                     site.start(args.workers)
                 try:
                     polled = run_method(bench, site, name)

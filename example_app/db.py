@@ -1,8 +1,10 @@
-"""SQLite storage of the example host: one short-lived connection per use."""
+"""SQLite storage of the example host: a connection per thread and database."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,17 +39,33 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 
 
+_local = threading.local()
+_MAX_PER_THREAD = 4
+_inherited: list[sqlite3.Connection] = []  # kept unreferenced-proof, so never closed
+
+
 @contextmanager
 def connect(path: str) -> Iterator[sqlite3.Connection]:
-    """A connection that commits on success and always closes."""
-    conn = sqlite3.connect(path, timeout=30)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys = ON")
-    try:
-        with conn:
-            yield conn
-    finally:
-        conn.close()
+    """This thread's connection to ``path``, in a transaction that commits on success.
+
+    Opening a connection costs more than the query of an authorized status GET, so each
+    thread keeps one per database; a forked process (an RQ work-horse) opens its own.
+    """
+    conns: dict[tuple[int, str], sqlite3.Connection] = _local.__dict__.setdefault("conns", {})
+    key = (os.getpid(), path)
+    conn = conns.get(key)
+    if conn is None:
+        for old in [k for k in conns if k[0] != key[0]]:
+            # A parent's, inherited through fork: SQLite forbids using (or closing) it here.
+            _inherited.append(conns.pop(old))
+        while len(conns) >= _MAX_PER_THREAD:  # many databases (tests): close the oldest
+            conns.pop(next(iter(conns))).close()
+        conn = sqlite3.connect(path, timeout=30)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        conns[key] = conn
+    with conn:
+        yield conn
 
 
 def init_app(app: Flask) -> None:
