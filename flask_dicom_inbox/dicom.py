@@ -486,7 +486,6 @@ def _header_and_pixel_tail(
         return None
     if not _only_pixel_elements(fp, offset, size, bool(implicit), _expected_pixel_bytes(ds)):
         return None
-    _convert_all(ds)
     originals = _Originals(
         head=os.pread(fp.fileno(), offset, 0),
         spans=spans,

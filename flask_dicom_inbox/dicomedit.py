@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -586,8 +586,16 @@ _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 
 def _expand_un_sequences(ds: Dataset) -> None:
     """Parse private sequences an implicit-VR file left as UN bytes (pydicom cannot know an
-    unknown creator's VR), so deletions and UID replacement reach inside them."""
-    for elem in ds:
+    unknown creator's VR), so deletions and UID replacement reach inside them.
+
+    An element still raw whose bytes do not start with an item holds no sequence: it is left
+    unconverted, which spares a header-only rewrite the conversion of every value."""
+    for tag, found in list(ds._dict.items()):
+        value = getattr(found, "value", None)
+        if isinstance(found, RawDataElement) and isinstance(value, bytes):
+            if value[:4] != _ITEM_TAG_LE:
+                continue
+        elem = ds[tag]
         if elem.VR == "UN" and isinstance(elem.value, bytes) and elem.value[:4] == _ITEM_TAG_LE:
             try:
                 with warnings.catch_warnings():

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -420,8 +421,10 @@ class FileStorer:
             "subject": str(item["subject"]),
             "session": str(item["label"]),
         }
-        for step in self.anonymization:
-            step.apply(ds, variables)
+        with warnings.catch_warnings():  # pydicom warns as it converts invalid values
+            warnings.simplefilter("ignore")
+            for step in self.anonymization:
+                step.apply(ds, variables)
         return header_of(ds)
 
 
