@@ -1,14 +1,18 @@
 """``make bench``: our import against plain baselines on the same files, printed as one table.
 
-Environment (or the matching options): ``BENCH_FILES`` (2000), ``BENCH_RUNS`` (3; medians),
-``BENCH_WORKERS`` (2), ``BENCH_SCALE=1`` (size-scaling table 1,000 .. BENCH_FILES),
-``BENCH_DIR`` (where data and work folders go; default ``$TMPDIR/flask-dicom-inbox-bench``),
-``BENCH_POLL_INTERVAL`` (pause of each of the 50 status pollers, default 0.1 s).
+Environment (or the matching options): ``BENCH_FILES`` (2000), ``BENCH_ROUNDS`` (3: the whole
+list of methods runs that many times, alternating, and the table gives medians over rounds),
+``BENCH_RUNS`` (1 per method per round), ``BENCH_WORKERS`` (2), ``BENCH_WORKER_NICE`` (10),
+``BENCH_WEB`` (gunicorn or flask), ``BENCH_SCALE=1`` (size-scaling table 1,000 .. BENCH_FILES,
+files of ``BENCH_SCALE_ROWS`` x ``BENCH_SCALE_ROWS`` pixels, 64), ``BENCH_DIR`` (where data and
+work folders go; default ``$TMPDIR/flask-dicom-inbox-bench``), ``BENCH_POLL_INTERVAL`` (mean
+pause of each of the 50 status pollers, default 0.1 s), ``BENCH_LOG`` (the workers' logging
+level; their log is kept as ``BENCH_DIR/last-site.log``).
 ``--only cp,import-copy,...`` runs the named methods (``--list`` names them).
 
 Every timed run starts from a fresh, untimed ``cp -r`` of the generated folder, a ``sync`` and one
 read of every file (both sides of a ratio see the same warm cache), then times the method.
-The import runs in the real example app: an HTTP server subprocess (``flask run``), and
+The import runs in the real example app: an HTTP server subprocess (gunicorn), and
 ``BENCH_WORKERS`` worker subprocesses (``flask --app example_app dicom-inbox worker``), timed
 from the POST to the status ``Completed``. Figures are printed, never asserted: a method that
 cannot run prints ``skipped: reason``.
@@ -1217,6 +1221,11 @@ def main(argv: list[str] | None = None) -> None:
             "import copy >= 4x faster than Orthanc REST ingest (speed-up)",
             orth / copy if orth and copy else None,
             lambda v: v >= 4,
+        )
+    if orth and move and wanted("orthanc", "import-move"):
+        res.targets.append(
+            f"(for comparison, not a target: import move, which renames instead of copying, is "
+            f"{orth / move:.1f}x faster than Orthanc REST ingest)"
         )
     if wanted("latency"):
         target(

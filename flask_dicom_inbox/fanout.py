@@ -185,7 +185,7 @@ def run_phase(
     *,
     start_helpers: Callable[[int], object],
     max_helpers: int,
-    poll_seconds: float = 0.05,
+    poll_seconds: float = 0.01,
 ) -> list[Any]:
     """The coordinator's side of a phase: post, ask for help, work, wait; results in order."""
     total = board.post(payloads, meta)

@@ -235,9 +235,12 @@ def read_header_chunk(
             out.append({"e": f"cannot read: {exc.strerror or exc}"})
             report.add(filesDone=1, filesSkipped=1)
             continue
-        out.append({"h": dataclasses.asdict(header)})
+        out.append({"h": {name: getattr(header, name) for name in _HEADER_FIELDS}})
     report.flush()
     return out
+
+
+_HEADER_FIELDS = tuple(f.name for f in dataclasses.fields(DicomHeader))
 
 
 class FileStorer:
@@ -541,7 +544,10 @@ class ImportEngine:
         earlier = self.store.stored_files(self.request.id)  # by a killed earlier run
         self.store.reset_progress(self.request.id)
         clock = _PhaseClock()
-        files = walk_files(root, self.report)
+        if earlier and self.options.cleanup and not os.path.lexists(root):
+            files = []  # a killed earlier run stored every file and removed the folder too
+        else:
+            files = walk_files(root, self.report)
         clock.lap("walk")
         seen = {str(sf.path) for sf in files}
         carried = [

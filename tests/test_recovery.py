@@ -129,3 +129,45 @@ def test_recover_leaves_queued_and_leased_requests_alone(
         lease.release()
     assert recover(state) == [record.id]
     assert len(state.queue) == 1
+
+
+def test_a_move_retried_after_its_folder_was_cleaned_up_completes_without_errors(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
+    """The kill matrix's narrowest window, made deterministic: an earlier run stored every
+    file and removed the session folder, then died before recording the result. The retry
+    must count the stored files from the request's ledger, not report a missing folder."""
+    from flask_dicom_inbox.fanout import begin_run, end_run
+    from flask_dicom_inbox.importer import ImportEngine
+    from flask_dicom_inbox.service import _engine_options, _phase_runner
+
+    session = inbox / "test_proj" / "gone"
+    write_session(session, series=2, files_per_series=5)
+    response = submit(
+        client, PROJECT_ID="test_proj", EXPT_LABEL="gone", path=str(session),
+        cleanupAfterImport="true",
+    )  # fmt: skip
+    rid = int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
+    record = state.store.get(rid)
+    assert record is not None
+
+    def one_run() -> list[dict[str, Any]]:
+        run = begin_run(state.redis, state.config.key_prefix, rid, claim_seconds=5)
+        try:
+            return ImportEngine(
+                request=record, store=state.store, storage=state.storage,
+                options=_engine_options(state, record), runner=_phase_runner(state, record, run),
+                script_texts=state.anonymization_texts(record),
+            ).run(session)  # fmt: skip
+        finally:
+            end_run(state.redis, state.config.key_prefix, rid, run)
+
+    first = one_run()  # the run that is "killed" after its cleanup: its ledger stays
+    assert not session.exists()
+    again = one_run()
+    assert [(s["label"], s["files"]) for s in again] == [(s["label"], s["files"]) for s in first]
+    assert again[0]["files"] == 10
+    after = state.store.get(rid)
+    assert after is not None and after.errors == []
+    assert after.progress["filesImported"] == 10
+    state.queue.empty()  # the helper jobs nobody took
