@@ -770,7 +770,15 @@ class Site:
             self.server = self._spawn(
                 [
                     *("gunicorn", "-b", f"127.0.0.1:{self.port}", "-w", str(os.cpu_count() or 2)),
-                    *("-k", "gthread", "--threads", "16", "example_app:create_app()"),
+                    *(
+                        "-k",
+                        "gthread",
+                        "--threads",
+                        "16",
+                        "--keep-alive",
+                        "75",
+                        "example_app:create_app()",
+                    ),
                 ],
                 module="gunicorn",
             )
