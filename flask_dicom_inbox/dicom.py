@@ -13,7 +13,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +37,26 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 #: Header tags a scan needs; reading stops after the last one we need before pixel data.
 _COMMENT_TAGS = ("PatientComments", "StudyComments", "AdditionalPatientHistory")
+
+
+#: UI and IS values, always ASCII: read from the raw bytes when still unconverted.
+_ASCII_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "InstanceNumber",
+)
+#: Text values, decoded in the file's character set.
+_TEXT_KEYWORDS = ("PatientID", "PatientName", *_COMMENT_TAGS)
+
+
+def _tags(*keywords: str) -> dict[str, BaseTag]:
+    return {keyword: BaseTag(tag_for_keyword(keyword) or 0) for keyword in keywords}
+
+
+_ASCII_TAGS = _tags(*_ASCII_KEYWORDS)
 
 
 class NotImportable(Exception):
@@ -109,21 +129,7 @@ def _little_endian_syntaxes() -> dict[str, bool]:
 
 
 _LITTLE_ENDIAN_SYNTAXES = _little_endian_syntaxes()
-_WALKED_TAGS = {
-    keyword: BaseTag(tag_for_keyword(keyword) or 0)
-    for keyword in (
-        "SpecificCharacterSet",
-        "SOPClassUID",
-        "SOPInstanceUID",
-        "StudyInstanceUID",
-        "SeriesInstanceUID",
-        "SeriesNumber",
-        "InstanceNumber",
-        "PatientID",
-        "PatientName",
-        *_COMMENT_TAGS,
-    )
-}
+_WALKED_TAGS = _tags("SpecificCharacterSet", *_ASCII_KEYWORDS, *_TEXT_KEYWORDS)
 _WALKED = frozenset(int(tag) for tag in _WALKED_TAGS.values())
 
 
@@ -152,19 +158,7 @@ def _walked_header(fp: BinaryIO, start: int, size: int, implicit: bool) -> Dicom
         text[keyword] = raw.decode("ascii").strip("\x00 ")
     if not text["SOPClassUID"] or not text["SOPInstanceUID"]:
         return None  # pydicom's read gives the reason
-    comments = " ".join(text[t] for t in _COMMENT_TAGS)
-    return DicomHeader(
-        sop_class_uid=text["SOPClassUID"],
-        sop_instance_uid=text["SOPInstanceUID"],
-        study_instance_uid=text["StudyInstanceUID"],
-        series_instance_uid=text["SeriesInstanceUID"],
-        series_number=text["SeriesNumber"],
-        instance_number=text["InstanceNumber"],
-        patient_id=text["PatientID"],
-        patient_name=text["PatientName"],
-        subject_hint=_comment_field(comments, "Subject"),
-        session_hint=_comment_field(comments, "Session"),
-    )
+    return _header_with(text.__getitem__)
 
 
 def _truncation(ds: Dataset) -> str | None:
@@ -208,16 +202,21 @@ def _header_from(ds: Dataset) -> DicomHeader:
         if len(ds) <= 2 and not sop_instance and not sop_class:
             raise NotImportable("not a DICOM file")
         raise NotImportable("DICOM file lacks SOPInstanceUID or SOPClassUID")
-    comments = " ".join(_text(ds, t) for t in _COMMENT_TAGS)
+    return _header_with(lambda k: _ascii(ds, k) if k in _ASCII_TAGS else _text(ds, k))
+
+
+def _header_with(value: Callable[[str], str]) -> DicomHeader:
+    """The header from ``value(keyword)``, the element's text (``""`` when absent)."""
+    comments = " ".join(value(t) for t in _COMMENT_TAGS)
     return DicomHeader(
-        sop_class_uid=sop_class,
-        sop_instance_uid=sop_instance,
-        study_instance_uid=_ascii(ds, "StudyInstanceUID"),
-        series_instance_uid=_ascii(ds, "SeriesInstanceUID"),
-        series_number=_ascii(ds, "SeriesNumber"),
-        instance_number=_ascii(ds, "InstanceNumber"),
-        patient_id=_text(ds, "PatientID"),
-        patient_name=_text(ds, "PatientName"),
+        sop_class_uid=value("SOPClassUID"),
+        sop_instance_uid=value("SOPInstanceUID"),
+        study_instance_uid=value("StudyInstanceUID"),
+        series_instance_uid=value("SeriesInstanceUID"),
+        series_number=value("SeriesNumber"),
+        instance_number=value("InstanceNumber"),
+        patient_id=value("PatientID"),
+        patient_name=value("PatientName"),
         subject_hint=_comment_field(comments, "Subject"),
         session_hint=_comment_field(comments, "Session"),
     )
@@ -231,19 +230,6 @@ def _comment_field(comments: str, field: str) -> str:
         return ""
     rest = comments[at + len(marker) :].strip()
     return rest.split()[0] if rest else ""
-
-
-_ASCII_TAGS = {
-    keyword: BaseTag(tag_for_keyword(keyword) or 0)
-    for keyword in (
-        "SOPClassUID",
-        "SOPInstanceUID",
-        "StudyInstanceUID",
-        "SeriesInstanceUID",
-        "SeriesNumber",
-        "InstanceNumber",
-    )
-}
 
 
 def _ascii(ds: Dataset, keyword: str) -> str:
