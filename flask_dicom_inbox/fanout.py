@@ -27,6 +27,8 @@ log = logging.getLogger("flask_dicom_inbox")
 #: Chunk keys outlive a dead run this long at most (a live run deletes them at its end).
 KEY_TTL = 7 * 24 * 3600
 
+_POST_BATCH = 16
+
 #: ``(payload, heartbeat) -> result``: the work on one chunk. Call ``heartbeat()`` often.
 ChunkWork = Callable[[Any, Callable[[], None]], Any]
 
@@ -70,13 +72,20 @@ class ChunkBoard:
         return self._base + name
 
     def post(self, payloads: Sequence[Any], meta: Mapping[str, Any]) -> int:
-        """Put every chunk up for taking; returns how many."""
+        """Put every chunk up for taking; returns how many.
+
+        Chunks are written in batches (a 50,000-file request's payloads, encoded at once,
+        would be tens of MB), then offered all together: nobody takes one before that.
+        """
+        for start in range(0, len(payloads), _POST_BATCH):
+            batch = self._r.pipeline(transaction=False)
+            for i in range(start, min(start + _POST_BATCH, len(payloads))):
+                batch.set(self._k(f"chunk:{i}"), json.dumps(payloads[i]), ex=KEY_TTL)
+            batch.execute()
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k("pending"), self._k("done"))
         pipe.set(self._k("meta"), json.dumps(meta), ex=KEY_TTL)
         pipe.set(self._k("total"), len(payloads), ex=KEY_TTL)
-        for i, payload in enumerate(payloads):
-            pipe.set(self._k(f"chunk:{i}"), json.dumps(payload), ex=KEY_TTL)
         if payloads:
             pipe.rpush(self._k("pending"), *range(len(payloads)))
             pipe.expire(self._k("pending"), KEY_TTL)
@@ -138,6 +147,7 @@ class ChunkBoard:
         return lapsed
 
     def results(self) -> Iterator[Any]:
+        """Each chunk's result in order, read as it is asked for (never all at once)."""
         for i in range(self.total()):
             raw = self._r.get(self._k(f"result:{i}"))
             if raw is None:
@@ -186,15 +196,16 @@ def run_phase(
     start_helpers: Callable[[int], object],
     max_helpers: int,
     poll_seconds: float = 0.01,
-) -> list[Any]:
-    """The coordinator's side of a phase: post, ask for help, work, wait; results in order."""
+) -> Iterator[Any]:
+    """The coordinator's side of a phase: post, ask for help, work, wait; then each chunk's
+    result in order, read from the board as the caller takes it."""
     total = board.post(payloads, meta)
     if total > 1 and max_helpers > 0:
         start_helpers(min(total - 1, max_helpers))
     while True:
         work_through(board, work)
         if board.done_count() >= total:
-            return list(board.results())
+            return board.results()
         if not board.reclaim_lapsed():
             time.sleep(poll_seconds)
 

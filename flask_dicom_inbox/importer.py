@@ -18,10 +18,11 @@ import logging
 import os
 import shutil
 import stat
+import sys
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ from .storage import (
 )
 
 #: ``(phase, payloads, meta) -> results``, one result per payload, in order.
-PhaseRunner = Callable[[str, Sequence[Any], Mapping[str, Any]], list[Any]]
+PhaseRunner = Callable[[str, Sequence[Any], Mapping[str, Any]], Iterable[Any]]
 
 log = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -241,6 +242,7 @@ def read_header_chunk(
 
 
 _HEADER_FIELDS = tuple(f.name for f in dataclasses.fields(DicomHeader))
+_UNIQUE_FIELDS = frozenset({"sop_instance_uid", "instance_number"})
 
 
 class FileStorer:
@@ -567,7 +569,7 @@ class ImportEngine:
         try:
             planned, owners, folders = self._plan(sessions, timestamp, folders)
             clock.lap("plan")
-            results = self._run_chunks("store", planned, {"scripts": self.script_texts})
+            results = list(self._run_chunks("store", planned, {"scripts": self.script_texts}))
             clock.lap("store")
             stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
             clock.lap("tally")
@@ -596,13 +598,14 @@ class ImportEngine:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
         return self.sessions_out
 
-    def _run_chunks(self, phase: str, items: Sequence[Any], meta: Mapping[str, Any]) -> list[Any]:
+    def _run_chunks(
+        self, phase: str, items: Sequence[Any], meta: Mapping[str, Any]
+    ) -> Iterator[Any]:
+        """Each item's result, in order; a chunk's results are decoded only when reached."""
         size = max(1, self.options.chunk_files)
         payloads = [list(items[i : i + size]) for i in range(0, len(items), size)]
-        results: list[Any] = []
         for chunk in self.runner(phase, payloads, meta):
-            results.extend(chunk)
-        return results
+            yield from chunk
 
     # -- headers ----------------------------------------------------------------------------
     def _read_headers(self, files: Sequence[ScannedFile]) -> list[ScannedFile]:
@@ -611,7 +614,13 @@ class ImportEngine:
         readable: list[ScannedFile] = []
         for sf, result in zip(files, results, strict=True):
             if "h" in result:
-                sf.header = DicomHeader(**result["h"])
+                # Shared values (study, series, patient) are kept once, not once per file.
+                sf.header = DicomHeader(
+                    **{
+                        k: v if k in _UNIQUE_FIELDS else sys.intern(v)
+                        for k, v in result["h"].items()
+                    }
+                )
                 readable.append(sf)
             else:
                 self.report.error(sf.rel, str(result["e"]))

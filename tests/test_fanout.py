@@ -48,8 +48,8 @@ def test_every_chunk_is_done_once_and_results_come_back_in_order(state: InboxSta
     board = _board(state)
     payloads = [[i, i + 1] for i in range(0, 20, 2)]
     started: list[int] = []
-    results = run_phase(
-        board, payloads, {"k": 1}, _square, start_helpers=started.append, max_helpers=3
+    results = list(
+        run_phase(board, payloads, {"k": 1}, _square, start_helpers=started.append, max_helpers=3)
     )
     assert results == [[x * x for x in p] for p in payloads]
     assert started == [3], "min(chunks - 1, max_helpers) helpers asked for"
