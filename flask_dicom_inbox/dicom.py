@@ -500,7 +500,7 @@ class _Originals:
         pydicom's encoding of the others (sequences always: they change in place)."""
         head, spans, before = self.head, self.spans, self.elements
         for tag in sorted(ds._dict):
-            if tag.element == 0 and tag.group != 2:  # retired group lengths: pydicom drops them
+            if tag.element == 0 and tag.group > 6:  # retired group lengths: pydicom drops them
                 continue
             elem = ds._dict[tag]
             seen = before.get(tag)
