@@ -30,6 +30,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from . import raw_header
+from .raw_header import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END
 from .storage import copy_range
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
@@ -256,9 +257,6 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-_LONG_VRS = {
-    b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"
-}  # fmt: skip
 _TRANSFER_SYNTAX_TAG = (0x0002, 0x0010)
 _MEDIA_CLASS_TAG = (0x0002, 0x0002)
 
@@ -288,7 +286,7 @@ def _peek_meta(fp: BinaryIO) -> tuple[str, str]:
         if group != 0x0002:
             break
         vr = meta[pos + 4 : pos + 6]
-        if vr in _LONG_VRS:
+        if vr in LONG_VRS:
             if pos + 12 > len(meta):
                 break
             (length,) = struct.unpack_from("<I", meta, pos + 8)
@@ -444,10 +442,6 @@ def open_for_rewrite(path: Path, *, pixels_needed: bool = True) -> Iterator[Rewr
     yield Rewrite(read_full(path))
 
 
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
-_ITEM, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE0DD
-
-
 def _header_and_pixel_tail(
     fp: BinaryIO,
 ) -> tuple[FileDataset, tuple[int, int], _Originals] | None:
@@ -525,7 +519,7 @@ def _spans(ds: Dataset, implicit: bool) -> dict[BaseTag, tuple[int, int]]:
         if not isinstance(raw, RawDataElement) or raw.length == 0xFFFFFFFF:
             continue
         vr = (raw.VR or "").encode("ascii", "replace")
-        header = 8 if implicit or vr not in _LONG_VRS else 12
+        header = 8 if implicit or vr not in LONG_VRS else 12
         spans[tag] = (raw.value_tell - header, raw.value_tell + raw.length)
     return spans
 
@@ -578,13 +572,13 @@ def _only_pixel_elements(
             return False
         group, element = struct.unpack_from("<HH", head)
         tag = group << 16 | element
-        if tag not in _PIXEL_TAGS:
+        if tag not in PIXEL_TAGS:
             return False
         if implicit:
             (length,) = struct.unpack_from("<I", head, 4)
             pos += 8
         else:
-            if head[4:6] not in _LONG_VRS or len(head) < 12:
+            if head[4:6] not in LONG_VRS or len(head) < 12:
                 return False
             (length,) = struct.unpack_from("<I", head, 8)
             pos += 12
@@ -607,9 +601,9 @@ def _end_of_fragments(fp: BinaryIO, pos: int, size: int) -> int | None:
         group, element, length = struct.unpack("<HHI", fp.read(8))
         tag = group << 16 | element
         pos += 8
-        if tag == _SEQUENCE_END:
+        if tag == SEQUENCE_END:
             return pos
-        if tag != _ITEM or length == 0xFFFFFFFF:
+        if tag != ITEM or length == 0xFFFFFFFF:
             return None
         pos += length
     return None

@@ -15,12 +15,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Collection
 
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+#: The tags pydicom stops a header read at; also used by dicom.py's rewrite checks.
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _DIRECTORY_RECORDS = 0x00041220
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+ITEM, _ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 8
-_LONG_VRS = frozenset(
+#: Explicit VRs with a reserved field and a 4-byte length.
+LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
 _SHORT_VRS = frozenset(
@@ -38,7 +40,7 @@ class _Decline(Exception):
     """Not a file this walk is sure of."""
 
 
-class _NeedMore(Exception):
+class NeedMore(Exception):
     """The header runs past the bytes read so far."""
 
 
@@ -62,9 +64,6 @@ def walk(
     return found
 
 
-NeedMore = _NeedMore
-
-
 def _walk(
     data: bytes,
     pos: int,
@@ -83,11 +82,11 @@ def _walk(
                 raise _Decline  # an item that never ends
             return pos
         if pos + 8 > end:
-            raise _NeedMore
+            raise NeedMore
         group, element = _UNPACK_TAG(data, pos)
         tag = group << 16 | element
         if found is not None:
-            if tag in _PIXEL_TAGS:
+            if tag in PIXEL_TAGS:
                 return pos
             if group == 0x0002 or tag == _DIRECTORY_RECORDS:
                 raise _Decline  # file meta inside the data set; a DICOMDIR
@@ -99,9 +98,9 @@ def _walk(
             pos += 8
         else:
             vr = data[pos + 4 : pos + 6]
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > end:
-                    raise _NeedMore
+                    raise NeedMore
                 (length,) = _UNPACK_U32(data, pos + 8)
                 pos += 12
             elif vr in _SHORT_VRS:
@@ -118,7 +117,7 @@ def _walk(
             raise _Decline  # runs past the end of the file: pydicom's read says so
         if found is not None and tag in wanted:
             if pos + length > end:
-                raise _NeedMore
+                raise NeedMore
             found[tag] = data[pos : pos + length]
         pos += length
 
@@ -133,14 +132,14 @@ def _skip_sequence(
         if pos + 8 > size:
             raise _Decline
         if pos + 8 > len(data):
-            raise _NeedMore
+            raise NeedMore
         group, element = _UNPACK_TAG(data, pos)
         (length,) = _UNPACK_U32(data, pos + 4)
         tag = group << 16 | element
         pos += 8
-        if tag == _SEQUENCE_END:
+        if tag == SEQUENCE_END:
             return pos
-        if tag != _ITEM:
+        if tag != ITEM:
             raise _Decline
         if length == _UNDEFINED:
             pos = _walk(data, pos, size, implicit, depth, None, wanted)
