@@ -171,3 +171,46 @@ def test_a_move_retried_after_its_folder_was_cleaned_up_completes_without_errors
     assert after is not None and after.errors == []
     assert after.progress["filesImported"] == 10
     state.queue.empty()  # the helper jobs nobody took
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in the job catches it."""
+
+
+def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_retry(
+    client: FlaskClient, inbox: Path, state: InboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seed 19 of the kill matrix, made deterministic: the job stored every file, removed the
+    session folder and ended its run, then died before recording "Completed". The ledger of
+    stored files must outlive that moment, or the retry finds neither folder nor files."""
+    from flask_dicom_inbox.requests import COMPLETED
+    from flask_dicom_inbox.service import execute_import
+
+    session = inbox / "test_proj" / "late-kill"
+    write_session(session, series=2, files_per_series=5)
+    response = submit(
+        client, PROJECT_ID="test_proj", EXPT_LABEL="latekill", path=str(session),
+        cleanupAfterImport="true",
+    )  # fmt: skip
+    rid = int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
+    real_set_status = state.store.set_status
+
+    def dies_before_completed(request_id: int, status: str, message: str = "") -> None:
+        if status == COMPLETED:
+            raise _Killed
+        real_set_status(request_id, status, message)
+
+    monkeypatch.setattr(state.store, "set_status", dies_before_completed)
+    with pytest.raises(_Killed):
+        execute_import(state, rid, None)
+    assert not session.exists()  # the cleanup ran: the ledger is all that is left
+    assert len(state.store.stored_files(rid)) == 10
+    monkeypatch.undo()
+
+    assert execute_import(state, rid, None) == COMPLETED
+    after = state.store.get(rid)
+    assert after is not None and after.errors == []
+    assert after.progress["filesImported"] == 10
+    assert sum(int(s["files"]) for s in after.sessions) == 10
+    assert state.store.stored_files(rid) == {}  # forgotten once the outcome is recorded
+    state.queue.empty()  # the helper jobs nobody took
