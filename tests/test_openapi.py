@@ -202,6 +202,7 @@ def test_real_status_json_conforms_to_the_description(
     schema = _response_schema(doc, "get", "/xapi/dicom/{request_id}", "200")
     assert schema == {"$ref": "#/components/schemas/ImportRequest"}
     _validator(doc, "ImportRequest").validate(body)
+    assert schemas.ImportRequestSchema().dump(body) == body  # served as the schema dumps it
     properties = doc["components"]["schemas"]["ImportRequest"]["properties"]
     assert set(body) == set(properties)  # every documented field is sent, nothing else
     assert set(body["progress"]) == set(doc["components"]["schemas"]["Progress"]["properties"])
