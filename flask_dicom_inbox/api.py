@@ -22,6 +22,7 @@ from .uploads import read_submission
 if TYPE_CHECKING:
     from .extension import InboxState
 
+
 def _state() -> InboxState:
     from .extension import current_state
 
