@@ -13,11 +13,14 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file, get_testdata_files
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileMetaDataset
 
 from example_app.demo import make_dataset
 from flask_dicom_inbox.anon_scripts import DEFAULT_SITE_SCRIPT, ScriptStep, compile_script
 from flask_dicom_inbox.dicom import (
+    _expected_pixel_bytes,
+    _expected_pixel_bytes_le,
     encode_dataset,
     open_for_rewrite,
     read_full,
@@ -160,6 +163,52 @@ def test_truncated_pixel_data_gets_the_full_read_and_its_error(tmp_path: Path) -
     with pytest.raises(ValueError, match="truncated"):
         with open_for_rewrite(short, pixels_needed=False):
             pass
+
+
+def test_pixel_length_from_raw_bytes_agrees_with_pydicom_on_every_real_world_file() -> None:
+    """The splice's truncation check reads Rows, Columns, BitsAllocated, SamplesPerPixel and
+    NumberOfFrames from their raw bytes; it must expect what pydicom's conversion expects."""
+    checked = 0
+    for found in sorted(get_testdata_files("**/*")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = pydicom.dcmread(found, stop_before_pixels=True, force=True)
+                if not ds.original_encoding[1]:
+                    continue  # big endian: never spliced
+                raw = _expected_pixel_bytes_le(ds)
+                converted = _expected_pixel_bytes(pydicom.dcmread(found, force=True))
+        except Exception:  # noqa: S112 - not a file pydicom reads
+            continue
+        assert raw == converted, found
+        checked += raw is not None
+    assert checked > 60, checked  # native pixel data: compressed ones expect nothing
+
+
+@pytest.mark.parametrize(
+    ("frames", "samples", "expected"),
+    [
+        (b"3 ", struct.pack("<H", 3), 3 * 3 * 16 * 16 * 2),
+        (b"0 ", struct.pack("<H", 0), 16 * 16 * 2),  # pydicom: 0 counts as 1
+        (b"", struct.pack("<H", 1), 16 * 16 * 2),  # empty: one frame
+        (b"2\\3", struct.pack("<H", 1), None),  # several values: pydicom's int() fails
+        (b"+2", struct.pack("<H", 1), 2 * 16 * 16 * 2),  # not plain digits: converted
+        (b"1 ", struct.pack("<HH", 1, 1), None),  # US with two values: no expectation
+    ],
+)
+def test_pixel_length_from_raw_bytes_handles_odd_encodings(
+    tmp_path: Path, frames: bytes, samples: bytes, expected: int | None
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(_generated(tmp_path), stop_before_pixels=True)
+        ds._dict[pydicom.tag.Tag("NumberOfFrames")] = RawDataElement(
+            pydicom.tag.Tag("NumberOfFrames"), "IS", len(frames), frames, 0, False, True
+        )
+        ds._dict[pydicom.tag.Tag("SamplesPerPixel")] = RawDataElement(
+            pydicom.tag.Tag("SamplesPerPixel"), "US", len(samples), samples, 0, False, True
+        )
+        assert _expected_pixel_bytes_le(ds) == expected
 
 
 def test_pixel_data_of_a_spliced_rewrite_is_the_source_bytes(tmp_path: Path) -> None:
