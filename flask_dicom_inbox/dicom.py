@@ -58,6 +58,9 @@ def _tags(*keywords: str) -> dict[str, BaseTag]:
 
 
 _ASCII_TAGS = _tags(*_ASCII_KEYWORDS)
+_MEDIA_TAGS = _tags(
+    "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "SOPClassUID", "SOPInstanceUID"
+)
 
 
 class NotImportable(Exception):
@@ -191,7 +194,12 @@ def _quiet() -> Iterator[None]:
 
 def _header_from(ds: Dataset) -> DicomHeader:
     meta = getattr(ds, "file_meta", None)
-    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    media_class = ""
+    if meta is not None:  # read raw when it can be: a converted element is re-encoded later
+        raw_class = _raw_ascii(meta, _MEDIA_TAGS["MediaStorageSOPClassUID"])
+        media_class = (
+            str(meta.get("MediaStorageSOPClassUID", "")) if raw_class is None else raw_class
+        )
     if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise NotImportable("DICOMDIR (a media directory, not an instance)")
     try:
@@ -236,11 +244,15 @@ def _comment_field(comments: str, field: str) -> str:
 def _ascii(ds: Dataset, keyword: str) -> str:
     """A UI or IS value (always ASCII) straight from the raw bytes when still unconverted:
     pydicom's conversion and validation of every value costs a third of a header read."""
-    elem = ds._dict.get(_ASCII_TAGS[keyword])
+    raw = _raw_ascii(ds, _ASCII_TAGS[keyword])
+    return raw if raw is not None else _text(ds, keyword)
+
+
+def _raw_ascii(ds: Dataset, tag: BaseTag) -> str | None:
+    """An element's value bytes as text while it is still unconverted, else ``None``."""
+    elem = ds._dict.get(tag)
     value = getattr(elem, "value", None) if isinstance(elem, RawDataElement) else None
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace").strip("\x00 ")
-    return _text(ds, keyword)
+    return value.decode("ascii", "replace").strip("\x00 ") if isinstance(value, bytes) else None
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -524,23 +536,34 @@ class _Originals:
     elements: dict[BaseTag, tuple[object, str | None, object]]
     charset: object
 
-    def write(self, buffer: DicomBytesIO, ds: Dataset, encodings: object) -> None:
+    def write(
+        self,
+        buffer: DicomBytesIO,
+        ds: Dataset,
+        encodings: object,
+        reference: Dataset | None = None,
+    ) -> None:
         """Write ``ds``'s elements in tag order: the original bytes of each one left alone,
-        pydicom's encoding of the others (sequences always: they change in place)."""
+        pydicom's encoding of the others (sequences always: they change in place).
+
+        ``reference`` is the dataset ``ds`` was copied from to be validated: the copy's
+        elements are converted by the validation, not changed, so the original's say which
+        ones were left alone."""
         head, spans, before = self.head, self.spans, self.elements
         for tag in sorted(ds._dict):
             if tag.element == 0 and tag.group > 6:  # retired group lengths: pydicom drops them
                 continue
             elem = ds._dict[tag]
+            current = elem if reference is None else reference._dict.get(tag, elem)
             seen = before.get(tag)
             span = spans.get(tag)
             if (
                 span is not None
                 and seen is not None
-                and seen[0] is elem
-                and seen[1] == elem.VR
-                and elem.VR != "SQ"
-                and seen[2] == _snapshot(elem.value)
+                and seen[0] is current
+                and seen[1] == current.VR
+                and current.VR != "SQ"
+                and seen[2] == _snapshot(current.value)
             ):
                 buffer.write(head[span[0] : span[1]])
             else:
@@ -583,7 +606,7 @@ def _encode_reusing(ds: FileDataset, originals: _Originals) -> bytes:
         body = DicomBytesIO()
         body.is_little_endian, body.is_implicit_VR = True, False
         meta._dict.pop(BaseTag(0x00020000), None)  # written below, with the new length
-        originals.write(body, meta, default_encoding)
+        originals.write(body, meta, default_encoding, reference=ds.file_meta)
         group = body.getvalue()
         buffer = DicomBytesIO()
         buffer.write(b"\x00" * 128 + b"DICM")
@@ -669,10 +692,35 @@ def _ensure_file_meta(ds: FileDataset) -> None:
             meta.TransferSyntaxUID = ExplicitVRLittleEndian
         else:
             meta.TransferSyntaxUID = ExplicitVRBigEndian
-    if meta.get("MediaStorageSOPClassUID") != ds.SOPClassUID:  # (an assignment validates)
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    if meta.get("MediaStorageSOPInstanceUID") != ds.SOPInstanceUID:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    for media, own in (
+        ("MediaStorageSOPClassUID", "SOPClassUID"),
+        ("MediaStorageSOPInstanceUID", "SOPInstanceUID"),
+    ):
+        own_bytes = _unpadded(ds, _MEDIA_TAGS[own])
+        if own_bytes is not None and own_bytes == _unpadded(meta, _MEDIA_TAGS[media]):
+            continue  # both still as read, with the same bytes: converting would only cost
+        value = getattr(ds, own)
+        if _raw_text_is(meta, _MEDIA_TAGS[media], value):
+            continue  # still as read, and alike: converting it would only cost time
+        if meta.get(media) != value:  # (an assignment validates)
+            setattr(meta, media, value)
+
+
+def _unpadded(ds: Dataset, tag: BaseTag) -> bytes | None:
+    """An unconverted element's value bytes without trailing padding, else ``None``."""
+    raw = ds._dict.get(tag)
+    if isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
+        return raw.value.rstrip(b"\x00 ")
+    return None
+
+
+def _raw_text_is(ds: Dataset, tag: BaseTag, text: object) -> bool:
+    """Whether ``tag`` is still as read and its ASCII bytes (padding aside) are ``text``."""
+    raw = ds._dict.get(tag)
+    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        return False
+    value = raw.value.rstrip(b"\x00 ")
+    return value.isascii() and isinstance(text, str) and value.decode("ascii") == text
 
 
 def header_of(ds: Dataset) -> DicomHeader:

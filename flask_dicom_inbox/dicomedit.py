@@ -397,6 +397,15 @@ def hash_uid(uid: str, salt: str = "") -> str:
     return f"2.25.{uuid.UUID(bytes=digest, version=3).int}"
 
 
+def _uid_text(elem: DataElement | RawDataElement | None) -> str:
+    """A UID element's text, from its bytes while it is unconverted: converting it would
+    have a header-only rewrite encode it again instead of copying its original bytes."""
+    if isinstance(elem, RawDataElement):
+        raw = elem.value
+        return raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else ""
+    return _text_of(elem)
+
+
 def _text_of(elem: DataElement | None) -> str:
     if elem is None or elem.value is None:
         return ""
@@ -418,7 +427,7 @@ class _Run:
         self.salt = salt
         self.hashed: dict[str, str] = {}
         self.changes: list[str] = []
-        self.original_sop = _text_of(ds.get(_SOP_INSTANCE_UID))
+        self.original_sop = _uid_text(ds._dict.get(_SOP_INSTANCE_UID))
         _expand_un_sequences(ds)
 
     # values
@@ -572,7 +581,7 @@ class _Run:
         if self.hashed:
             _replace_uids(self.ds, self.hashed)
         meta = getattr(self.ds, "file_meta", None)
-        sop = _text_of(self.ds.get(_SOP_INSTANCE_UID))
+        sop = _uid_text(self.ds._dict.get(_SOP_INSTANCE_UID))
         if meta is not None and sop and sop != self.original_sop:
             meta.MediaStorageSOPInstanceUID = sop
         elif meta is not None and self.hashed and "MediaStorageSOPInstanceUID" in meta:
