@@ -86,7 +86,7 @@ class DicomHeader:
     session_hint: str
 
 
-def read_header(path: Path, *, max_inflated_bytes: int) -> DicomHeader:
+def read_header(path: str | Path, *, max_inflated_bytes: int) -> DicomHeader:
     """Read what grouping needs from ``path``; raise :class:`NotImportable` with a reason.
 
     Accepts Part 10 files with or without the 128-byte preamble. DICOMDIR files, non-DICOM

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import itertools
 import logging
 import os
 import shutil
@@ -79,7 +80,7 @@ class AnonymizationStep(Protocol):
 class ScannedFile:
     """One regular file found in the walk, with the stat taken then."""
 
-    path: Path
+    path: str
     rel: str
     size: int
     mtime_ns: int
@@ -181,28 +182,31 @@ def walk_files(root: Path, report: ProgressReporter) -> list[ScannedFile]:
     def on_error(exc: OSError) -> None:
         report.error(_rel(root, Path(exc.filename or root)), f"cannot read folder: {exc.strerror}")
 
-    for dirpath, dirs, names in os.walk(root, followlinks=False, onerror=on_error):
-        here = Path(dirpath)
+    top = os.fspath(root)
+    for dirpath, dirs, names in os.walk(top, followlinks=False, onerror=on_error):
+        # Plain strings, not Path objects: a session of 50,000 files keeps one per file.
+        under = os.path.relpath(dirpath, top)
+        prefix = "" if under == "." else under + os.sep
         for name in list(dirs):
-            if (here / name).is_symlink():
-                report.error(_rel(root, here / name), "symbolic link skipped (not followed)")
+            if os.path.islink(os.path.join(dirpath, name)):
+                report.error(prefix + name, "symbolic link skipped (not followed)")
         dirs.sort()
         for name in sorted(names):
-            path = here / name
+            path = os.path.join(dirpath, name)
             try:
                 st = os.lstat(path)
             except OSError as exc:
-                report.error(_rel(root, path), f"cannot stat: {exc.strerror}")
+                report.error(prefix + name, f"cannot stat: {exc.strerror}")
                 continue
             if stat.S_ISLNK(st.st_mode):
-                report.error(_rel(root, path), "symbolic link skipped (not followed)")
+                report.error(prefix + name, "symbolic link skipped (not followed)")
             elif not stat.S_ISREG(st.st_mode):
-                report.error(_rel(root, path), "not a regular file (device, FIFO or socket)")
+                report.error(prefix + name, "not a regular file (device, FIFO or socket)")
             elif name.startswith(TEMP_PREFIX):
                 continue
             else:
                 found.append(
-                    ScannedFile(path, _rel(root, path), st.st_size, st.st_mtime_ns, st.st_ino)
+                    ScannedFile(path, prefix + name, st.st_size, st.st_mtime_ns, st.st_ino)
                 )
     return found
 
@@ -227,7 +231,7 @@ def read_header_chunk(
     for path, _rel_name in payload:
         heartbeat()
         try:
-            header = read_header(Path(path), max_inflated_bytes=max_inflated_bytes)
+            header = read_header(path, max_inflated_bytes=max_inflated_bytes)
         except NotImportable as exc:
             out.append({"e": str(exc)})
             report.add(filesDone=1, filesSkipped=1)
@@ -551,7 +555,7 @@ class ImportEngine:
         else:
             files = walk_files(root, self.report)
         clock.lap("walk")
-        seen = {str(sf.path) for sf in files}
+        seen = {sf.path for sf in files}
         carried = [
             entry
             for src, entry in earlier.items()
@@ -569,7 +573,7 @@ class ImportEngine:
         try:
             planned, owners, folders = self._plan(sessions, timestamp, folders)
             clock.lap("plan")
-            results = list(self._run_chunks("store", planned, {"scripts": self.script_texts}))
+            results = self._run_chunks("store", planned, {"scripts": self.script_texts})
             clock.lap("store")
             stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
             clock.lap("tally")
@@ -601,16 +605,16 @@ class ImportEngine:
     def _run_chunks(
         self, phase: str, items: Sequence[Any], meta: Mapping[str, Any]
     ) -> Iterator[Any]:
-        """Each item's result, in order; a chunk's results are decoded only when reached."""
+        """Do the phase's work now; then each item's result, in order, a chunk's results
+        decoded only when reached."""
         size = max(1, self.options.chunk_files)
         payloads = [list(items[i : i + size]) for i in range(0, len(items), size)]
-        for chunk in self.runner(phase, payloads, meta):
-            yield from chunk
+        return itertools.chain.from_iterable(self.runner(phase, payloads, meta))
 
     # -- headers ----------------------------------------------------------------------------
     def _read_headers(self, files: Sequence[ScannedFile]) -> list[ScannedFile]:
         """Read each file's header (in chunks); non-DICOM files are reported and skipped."""
-        results = self._run_chunks("headers", [[str(sf.path), sf.rel] for sf in files], {})
+        results = self._run_chunks("headers", [[sf.path, sf.rel] for sf in files], {})
         readable: list[ScannedFile] = []
         for sf, result in zip(files, results, strict=True):
             if "h" in result:
@@ -690,15 +694,16 @@ class ImportEngine:
                     fsync_dir(made.parent)
                     self._made.append(made)
                 names = _names(scan.files, anonymizing, opts.rename)
+                scan_text = str(scan_dir)  # one string for the scan's files, not one each
                 for sf, name in zip(scan.files, names, strict=True):
                     planned.append(
                         {
-                            "src": str(sf.path),
+                            "src": sf.path,
                             "rel": sf.rel,
                             "size": sf.size,
                             "mtime": sf.mtime_ns,
                             "ino": sf.ino,
-                            "dir": str(scan_dir),
+                            "dir": scan_text,
                             "name": name,
                             "label": session.label,
                             "subject": session.subject,
@@ -713,7 +718,7 @@ class ImportEngine:
         sessions: Sequence[SessionGroup],
         planned: Sequence[Mapping[str, Any]],
         owners: Sequence[tuple[int, ScannedFile]],
-        results: Sequence[Mapping[str, Any]],
+        results: Iterable[Mapping[str, Any]],
         folders: Sequence[Path],
         carried: Sequence[Mapping[str, Any]],
         timestamp: str,
@@ -724,6 +729,7 @@ class ImportEngine:
         they count in their sessions as if stored now.
         """
         stored: list[tuple[ScannedFile, str]] = []
+        written: list[tuple[Mapping[str, Any], str]] = []  # (planned item, name): to roll back
         full: str | None = None
         tallies: dict[str, dict[str, Any]] = {}
         for session in sessions:
@@ -734,8 +740,9 @@ class ImportEngine:
                 "files": 0,
             }
         for item, (_number, sf), result in zip(planned, owners, results, strict=True):
-            if "n" in result:
+            if "n" in result:  # results are read chunk by chunk: none is kept past here
                 stored.append((sf, str(result["how"])))
+                written.append((item, str(result["name"])))
                 tally = tallies[str(item["label"])]
                 tally["files"] += 1
                 tally["dirs"].add(item["dir"])
@@ -744,7 +751,7 @@ class ImportEngine:
                 if result.get("full") and full is None:
                     full = str(result["e"])
         if full is not None:
-            kept = self._roll_back(planned, results, folders)
+            kept = self._roll_back(written, folders)
             raise ImportFailed(
                 f"the destination is full ({full}); the copies this request had written were "
                 f"removed{f', {kept} moved file(s) kept there' if kept else ''} and the "
@@ -783,21 +790,16 @@ class ImportEngine:
         return stored
 
     def _roll_back(
-        self,
-        planned: Sequence[Mapping[str, Any]],
-        results: Sequence[Mapping[str, Any]],
-        folders: Sequence[Path],
+        self, written: Sequence[tuple[Mapping[str, Any], str]], folders: Sequence[Path]
     ) -> int:
         """Remove every stored file whose source still exists; return how many were kept."""
         kept = 0
-        for item, result in zip(planned, results, strict=True):
-            if "n" not in result:
-                continue
+        for item, name in written:
             if not os.path.lexists(item["src"]):
                 kept += 1  # moved: the stored file is the only copy
                 continue
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(Path(item["dir"]) / str(result["name"]))
+                os.unlink(Path(item["dir"]) / name)
         self._remove_empty_folders(folders)
         for folder in folders:
             self._restore_set_aside(folder)
@@ -871,10 +873,10 @@ def _names(files: Sequence[ScannedFile], anonymizing: bool, rename: bool) -> lis
     used: set[str] = set()
     counts: dict[str, int] = defaultdict(int)
     for sf in files:
-        counts[safe_file_name(sf.path.name)] += 1
+        counts[safe_file_name(os.path.basename(sf.path))] += 1
     for sf in files:
         assert sf.header is not None
-        original = safe_file_name(sf.path.name)
+        original = safe_file_name(os.path.basename(sf.path))
         if not rename and counts[original] == 1:
             used.add(original)
             names.append(original)
@@ -915,7 +917,7 @@ def _stat_of(sf: ScannedFile) -> dict[str, int]:
     return {"size": sf.size, "mtime": sf.mtime_ns, "ino": sf.ino}
 
 
-def _unchanged(path: Path, seen: Mapping[str, Any]) -> bool:
+def _unchanged(path: str | Path, seen: Mapping[str, Any]) -> bool:
     """Still the regular file the scan saw (size, mtime and inode)."""
     try:
         st = os.lstat(path)
