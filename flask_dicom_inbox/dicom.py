@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import pydicom
 from pydicom.charset import default_encoding
@@ -109,7 +109,7 @@ def read_header(path: str | Path, *, max_inflated_bytes: int) -> DicomHeader:
         fp.seek(0)
         try:
             with _quiet():
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+                ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
         except Exception as exc:  # pydicom raises many types on junk; none may stop a request
@@ -339,10 +339,40 @@ def _check_inflated_size(fp: BinaryIO, limit: int) -> None:
             )
 
 
+class _BoundedReader:
+    """A binary file whose reads never ask for more bytes than it holds.
+
+    pydicom reads a value with one ``read(length)`` of the length the file declares, and
+    CPython allocates that many bytes before reading: a 100-byte junk file declaring 4 GiB
+    made a 4 GiB allocation (a ``MemoryError`` where memory is capped).
+    """
+
+    def __init__(self, fp: BinaryIO, size: int) -> None:
+        self._fp = fp
+        self._size = size
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = max(0, self._size - self._fp.tell())
+        return self._fp.read(left if n is None or n < 0 or n > left else n)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+    def __getattr__(self, name: str) -> Any:  # name, fileno, close: the file's own
+        return getattr(self._fp, name)
+
+
+def _open_nofollow(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NOFOLLOW)
+
+
 def read_full(path: Path) -> FileDataset:
     """A full read (pixel data included) for rewriting; the only read that may be saved."""
-    with _quiet():
-        ds = pydicom.dcmread(path, force=True)
+    with open(path, "rb", opener=_open_nofollow) as fp, _quiet():
+        ds = pydicom.dcmread(_BoundedReader(fp, os.fstat(fp.fileno()).st_size), force=True)
         _convert_all(ds)
         _check_pixel_length(ds)
     return ds
@@ -502,7 +532,7 @@ def _header_and_pixel_tail(
         return None
     fp.seek(0)
     try:
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
     except Exception:  # the full read reports it
         return None
     offset = fp.tell()

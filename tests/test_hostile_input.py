@@ -547,3 +547,32 @@ def test_overwrite_delete_keeps_the_archived_session_when_nothing_replaces_it(
     assert status["status"] == "Failed"
     assert "pixel data is truncated" in status["errors"][0]["reason"]
     assert tree(state.config.archive_path) == archived, "the archived session is back, untouched"
+
+
+@pytest.mark.parametrize("pixels_needed", [False, True])
+def test_a_tiny_file_declaring_gigabytes_is_never_allocated_for(
+    tmp_path: Path, pixels_needed: bool
+) -> None:
+    """A 100-byte file whose first element claims 4 GiB: pydicom asks for the whole length in
+    one read, which CPython allocated up front (578 MB for a 123-byte JSON file in a
+    benchmark folder). Reads are bounded by the file's size, so none comes near that."""
+    import contextlib
+    import tracemalloc
+
+    from flask_dicom_inbox.dicom import NotImportable, open_for_rewrite, read_header
+
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(struct.pack("<HH2sHI", 0x0010, 0x0010, b"OB", 0, 0xFFFFFFF0) + b"x" * 100)
+    tracemalloc.start()
+    try:
+        with pytest.raises(NotImportable):
+            read_header(junk, max_inflated_bytes=2**26)
+        # (the header read refuses it first; the rewrite's reads are bounded all the same)
+        with contextlib.suppress(Exception), open_for_rewrite(junk, pixels_needed=pixels_needed):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 2**20, (
+        f"{peak / 2**20:.0f} MiB allocated for a {junk.stat().st_size}-byte file"
+    )
