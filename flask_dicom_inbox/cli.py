@@ -134,7 +134,7 @@ def anon_test(
     from .dicom import read_full
 
     script = compile_script(_read_script(script_file))
-    ds = read_full(Path(dicom_file))
+    ds = read_full(Path(dicom_file).resolve())  # a link given here is the user's choice
     changes = script.apply(ds, {"project": project, "subject": subject, "session": session_label})
     for change in changes:
         click.echo(change)

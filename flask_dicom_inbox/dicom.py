@@ -587,7 +587,9 @@ class _Originals:
             if tag.element == 0 and tag.group > 6:  # retired group lengths: pydicom drops them
                 continue
             elem = ds._dict[tag]
-            current = elem if reference is None else reference._dict.get(tag, elem)
+            current = elem
+            if reference is not None and _validated_as_read(elem, reference._dict.get(tag)):
+                current = reference._dict[tag]
             seen = before.get(tag)
             span = spans.get(tag)
             if (
@@ -603,10 +605,29 @@ class _Originals:
                 write_element(buffer, ds.get_item(tag), encodings)
 
 
+def _validated_as_read(elem: object, raw: object) -> bool:
+    """Whether the validated copy's ``elem`` still holds the value of ``raw``, the element as
+    read: the validation converts elements, and fills in empty required ones (a version, an
+    implementation UID), which must then be written as filled in."""
+    if elem is raw:
+        return True
+    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        return False
+    value = getattr(elem, "value", None)
+    if isinstance(value, bytes):
+        return value == raw.value
+    if isinstance(value, str) and raw.value.isascii():
+        return value == raw.value.decode("ascii").rstrip("\x00 ")
+    return False
+
+
 #: Encoded elements by content: the files of a request mostly get the same new values (the
-#: subject, the session, the de-identification codes). Per process; emptied when full.
+#: subject, the session, the de-identification codes). Per process; only small encodings
+#: (a per-frame sequence of an enhanced file is neither small nor shared); emptied when full.
 _ENCODED: dict[Hashable, bytes] = {}
 _ENCODED_MAX = 4096
+_ENCODED_MAX_BYTES = 4096
+_SEQUENCE_MAX_ITEMS = 8
 
 
 def write_element(
@@ -625,9 +646,10 @@ def write_element(
         scratch.is_implicit_VR = buffer.is_implicit_VR
         write_data_element(scratch, elem, encodings)  # type: ignore[arg-type]
         encoded = scratch.getvalue()
-        if len(_ENCODED) >= _ENCODED_MAX:
-            _ENCODED.clear()
-        _ENCODED[key] = encoded
+        if len(encoded) <= _ENCODED_MAX_BYTES:  # at most 16 MiB in all
+            if len(_ENCODED) >= _ENCODED_MAX:
+                _ENCODED.clear()
+            _ENCODED[key] = encoded
     buffer.write(encoded)
 
 
@@ -663,6 +685,10 @@ def _value_key(value: object, depth: int = 0) -> Hashable | None:
                 return None
             items.append((elem.tag, elem.VR, elem.is_undefined_length, key))
         return ("Dataset", tuple(items))
+    if isinstance(value, DicomSequence) and len(value) > _SEQUENCE_MAX_ITEMS:
+        return None  # per-frame or per-contour data: rarely shared, and costly to key
+    if isinstance(value, list | tuple | MultiValue) and len(value) > 64:
+        return None  # a table of values (a LUT, contour points): the same
     if isinstance(value, list | tuple | MultiValue | DicomSequence):
         keys = [_value_key(v, depth + 1) for v in value]
         if any(k is None for k in keys):

@@ -251,6 +251,9 @@ class RequestStore:
         )
         if status in FINISHED:
             pipe.srem(self._active_key, str(request_id))
+            # The ledger of stored files only serves a retry of an unfinished request; it goes
+            # with the status that ends the request, so no crash can leave it behind.
+            pipe.delete(self._key(request_id, ":stored"))
         pipe.execute()
 
     def add_progress(self, request_id: int, **deltas: int) -> None:
@@ -315,6 +318,3 @@ class RequestStore:
         return {
             (k.decode() if isinstance(k, bytes) else str(k)): json.loads(v) for k, v in raw.items()
         }
-
-    def forget_stored(self, request_id: int) -> None:
-        self.redis.delete(self._key(request_id, ":stored"))

@@ -199,17 +199,7 @@ def execute_import(state: InboxState, request_id: int, job: Job | None) -> str:
             state.registry, record, state.config, _execute_locked(state, record, job)
         )
     finally:
-        _forget_ledger_once_finished(state, request_id)
         lease.release()
-
-
-def _forget_ledger_once_finished(state: InboxState, request_id: int) -> None:
-    """Drop the ledger of stored files only once the outcome is recorded: a run killed
-    between its cleanup and its status needs the ledger so the retry counts the files it
-    moved away (the session folder is gone by then)."""
-    current = state.store.get(request_id)
-    if current is not None and current.finished:
-        state.store.forget_stored(request_id)
 
 
 def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -> str:

@@ -217,6 +217,11 @@ def test_cli_sets_and_tests_scripts(app: Flask, tmp_path: Path, state: InboxStat
     assert tested.exit_code == 0, tested.output
     assert "(0010,0010)" in tested.output and "SUBJ" in tested.output
     assert pydicom.dcmread(dicom_file).PatientName == "Doe^Jane", "anon test writes nothing"
+    link = tmp_path / "link.dcm"  # a link named on the command line is followed
+    link.symlink_to(dicom_file)
+    linked = runner.invoke(args=["dicom-inbox", "anon", "test", str(script), str(link)])
+    assert linked.exit_code == 0, linked.output
+    assert "(0010,0010)" in linked.output
 
 
 def test_a_script_fault_on_one_file_fails_that_file_only(

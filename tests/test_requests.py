@@ -183,6 +183,25 @@ def test_finished_requests_leave_the_active_set(store: RequestStore, final: str)
     assert finished.finished is True
 
 
+@pytest.mark.parametrize("final", [COMPLETED, FAILED])
+def test_the_ledger_of_stored_files_lasts_until_the_request_ends(
+    store: RequestStore, final: str
+) -> None:
+    """A retry of an unfinished request needs the ledger; the status that ends the request
+    takes it away in the same transaction, so a crash after it leaves nothing behind."""
+    record = _create(store)
+    store.set_status(record.id, ACCEPTED)
+    store.set_status(record.id, IMPORTING)
+    entry = {"label": "S", "subject": "s", "study": "1", "dir": "/d", "size": 1, "name": "a"}
+    store.add_stored(record.id, {"/inbox/p/a.dcm": entry})
+    store.set_status(record.id, QUEUED)  # recovered for a retry: still unfinished
+    store.set_status(record.id, ACCEPTED)
+    store.set_status(record.id, IMPORTING)
+    assert store.stored_files(record.id) == {"/inbox/p/a.dcm": entry}
+    store.set_status(record.id, final)
+    assert store.stored_files(record.id) == {}
+
+
 def test_progress_from_two_connections_adds_up(
     redis_url: str, conn: redis.Redis, prefix: str
 ) -> None:

@@ -138,6 +138,24 @@ def test_a_file_without_preamble_and_file_meta_is_spliced(tmp_path: Path) -> Non
     assert written[128:132] == b"DICM"  # stored as a Part 10 file
 
 
+def test_empty_required_file_meta_is_filled_in_as_a_full_rewrite_does(tmp_path: Path) -> None:
+    """pydicom's meta validation fills in an empty version and implementation UID; the
+    spliced rewrite must write them filled in, not the source's empty bytes."""
+    ds = pydicom.dcmread(_generated(tmp_path))
+    ds.file_meta.FileMetaInformationVersion = b""
+    ds.file_meta.ImplementationClassUID = ""
+    empty = tmp_path / "empty-meta.dcm"
+    ds.save_as(empty, enforce_file_format=False)
+    written_meta = pydicom.dcmread(empty).file_meta
+    assert written_meta.FileMetaInformationVersion in (b"", None)  # the source is as meant
+    spliced, written = _rewritten(empty, pixels_needed=False, out=tmp_path / "out.dcm")
+    assert spliced
+    assert written == _full_rewrite(empty)
+    meta = pydicom.dcmread(io.BytesIO(written)).file_meta
+    assert meta.FileMetaInformationVersion == b"\x00\x01"
+    assert meta.ImplementationClassUID
+
+
 def test_elements_after_the_pixel_data_get_the_full_read(tmp_path: Path) -> None:
     """Trailing padding (FFFC,FFFC) or a private group after the pixels: the scripts must see
     them (removeAllPrivateTags), so the file is read whole."""
