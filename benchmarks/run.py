@@ -1221,8 +1221,9 @@ def main(argv: list[str] | None = None) -> None:
         res.targets.append(
             f"(machine speed: the 1-process pydicom header read took {header1:.2f} s here for "
             f"{args.files} files, {REFERENCE_HEADER_READ_S} s for 2,000 on the issue's "
-            f"machine: this one is {slower:.2f}x slower; 'scaled' lines below divide "
-            "absolute thresholds by that factor)"
+            f"machine: this one is {slower:.2f}x slower; 'scaled' lines below scale "
+            "absolute thresholds by that factor: a files/s floor divided, a latency ceiling "
+            "multiplied)"
         )
     if wanted("import-move"):
         target(
