@@ -34,7 +34,7 @@ from pydicom.valuerep import PersonName
 
 from . import raw_header
 from .raw_header import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END
-from .storage import copy_range
+from .storage import copy_range, open_nofollow
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -252,8 +252,12 @@ def _ascii(ds: Dataset, keyword: str) -> str:
 
 
 def _raw_ascii(ds: Dataset, tag: BaseTag) -> str | None:
-    """An element's value bytes as text while it is still unconverted, else ``None``."""
-    elem = ds._dict.get(tag)
+    return raw_text(ds._dict.get(tag))
+
+
+def raw_text(elem: object) -> str | None:
+    """An element's value bytes as ASCII text while it is still unconverted, else ``None``:
+    reading it so spares its conversion, and a rewrite then copies its original bytes."""
     value = getattr(elem, "value", None) if isinstance(elem, RawDataElement) else None
     return value.decode("ascii", "replace").strip("\x00 ") if isinstance(value, bytes) else None
 
@@ -365,13 +369,9 @@ class _BoundedReader:
         return getattr(self._fp, name)
 
 
-def _open_nofollow(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_NOFOLLOW)
-
-
 def read_full(path: Path) -> FileDataset:
     """A full read (pixel data included) for rewriting; the only read that may be saved."""
-    with open(path, "rb", opener=_open_nofollow) as fp, _quiet():
+    with open(path, "rb", opener=open_nofollow) as fp, _quiet():
         ds = pydicom.dcmread(_BoundedReader(fp, os.fstat(fp.fileno()).st_size), force=True)
         _convert_all(ds)
         _check_pixel_length(ds)
@@ -848,11 +848,13 @@ def _unpadded(ds: Dataset, tag: BaseTag) -> bytes | None:
 
 def _raw_text_is(ds: Dataset, tag: BaseTag, text: object) -> bool:
     """Whether ``tag`` is still as read and its ASCII bytes (padding aside) are ``text``."""
-    raw = ds._dict.get(tag)
-    if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
-        return False
-    value = raw.value.rstrip(b"\x00 ")
-    return value.isascii() and isinstance(text, str) and value.decode("ascii") == text
+    value = _unpadded(ds, tag)
+    return (
+        value is not None
+        and value.isascii()
+        and isinstance(text, str)
+        and value.decode("ascii") == text
+    )
 
 
 def header_of(ds: Dataset) -> DicomHeader:

@@ -28,6 +28,8 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.values import convert_SQ
 
+from .dicom import raw_text
+
 SUPPORTED_VERSIONS = ("6.1", "6.0", "6.2", "6.3", "6.4", "6.5", "6.6")
 BUILTIN_VARIABLES = ("project", "subject", "session")
 _SOP_INSTANCE_UID = Tag(0x0008, 0x0018)
@@ -398,11 +400,9 @@ def hash_uid(uid: str, salt: str = "") -> str:
 
 
 def _uid_text(elem: DataElement | RawDataElement | None) -> str:
-    """A UID element's text, from its bytes while it is unconverted: converting it would
-    have a header-only rewrite encode it again instead of copying its original bytes."""
+    """A UID element's text, from its bytes while it is unconverted (see :func:`raw_text`)."""
     if isinstance(elem, RawDataElement):
-        raw = elem.value
-        return raw.decode("ascii", "replace").strip("\x00 ") if isinstance(raw, bytes) else ""
+        return raw_text(elem) or ""
     return _text_of(elem)
 
 

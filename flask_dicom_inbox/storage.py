@@ -141,7 +141,7 @@ def copy_to_temp(source: Path, folder: Path) -> tuple[Path, int]:
     """Copy ``source`` (never through a symlink) to a new temporary file in ``folder``."""
 
     def _copy(out: BinaryIO) -> None:
-        with open(source, "rb", opener=_open_nofollow) as src:
+        with open(source, "rb", opener=open_nofollow) as src:
             copy_range(src.fileno(), out.fileno(), 0, os.fstat(src.fileno()).st_size)
 
     return write_temp(folder, _copy)
@@ -231,7 +231,8 @@ def _link_no_replace(tmp: Path, target: Path) -> None:
         os.rename(tmp, target)
 
 
-def _open_nofollow(path: str, flags: int) -> int:
+def open_nofollow(path: str, flags: int) -> int:
+    """An ``opener`` for :func:`open` that never follows a symlink in the last component."""
     return os.open(path, flags | os.O_NOFOLLOW)
 
 

@@ -28,6 +28,17 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
+def _submitted_move(client: FlaskClient, inbox: Path, label: str) -> tuple[Path, int]:
+    """A 10-file session submitted with cleanupAfterImport=true; its folder and request id."""
+    session = inbox / "test_proj" / label
+    write_session(session, series=2, files_per_series=5)
+    response = submit(
+        client, PROJECT_ID="test_proj", EXPT_LABEL=label, path=str(session),
+        cleanupAfterImport="true",
+    )  # fmt: skip
+    return session, int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
+
+
 def _env(app_config: dict[str, Any]) -> dict[str, str]:
     values = {**app_config, "DICOM_INBOX_LEASE_SECONDS": 2}
     return {**os.environ, **{f"FLASK_{k}": str(v) for k, v in values.items() if k != "TESTING"}}
@@ -141,13 +152,7 @@ def test_a_move_retried_after_its_folder_was_cleaned_up_completes_without_errors
     from flask_dicom_inbox.importer import ImportEngine
     from flask_dicom_inbox.service import _engine_options, _phase_runner
 
-    session = inbox / "test_proj" / "gone"
-    write_session(session, series=2, files_per_series=5)
-    response = submit(
-        client, PROJECT_ID="test_proj", EXPT_LABEL="gone", path=str(session),
-        cleanupAfterImport="true",
-    )  # fmt: skip
-    rid = int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
+    session, rid = _submitted_move(client, inbox, "gone")
     record = state.store.get(rid)
     assert record is not None
 
@@ -186,13 +191,7 @@ def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_ret
     from flask_dicom_inbox.requests import COMPLETED
     from flask_dicom_inbox.service import execute_import
 
-    session = inbox / "test_proj" / "late-kill"
-    write_session(session, series=2, files_per_series=5)
-    response = submit(
-        client, PROJECT_ID="test_proj", EXPT_LABEL="latekill", path=str(session),
-        cleanupAfterImport="true",
-    )  # fmt: skip
-    rid = int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
+    session, rid = _submitted_move(client, inbox, "latekill")
     real_set_status = state.store.set_status
 
     def dies_before_completed(request_id: int, status: str, message: str = "") -> None:
