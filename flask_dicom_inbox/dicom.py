@@ -92,8 +92,7 @@ def read_header(path: str | Path, *, max_inflated_bytes: int) -> DicomHeader:
     Accepts Part 10 files with or without the 128-byte preamble. DICOMDIR files, non-DICOM
     files and instances lacking SOPInstanceUID or SOPClassUID are refused.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as fp:
+    with open(path, "rb", opener=open_nofollow) as fp:
         size = os.fstat(fp.fileno()).st_size
         if size == 0:
             raise NotImportable("empty file")
@@ -511,8 +510,7 @@ def open_for_rewrite(path: Path, *, pixels_needed: bool = True) -> Iterator[Rewr
     mis-encoded file) gets the full read, with its checks and errors.
     """
     if not pixels_needed:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as fp:
+        with open(path, "rb", opener=open_nofollow) as fp:
             with _quiet():
                 found = _header_and_pixel_tail(fp)
             if found is not None:
