@@ -7,7 +7,8 @@ list of methods runs that many times, alternating, and the table gives medians o
 files of ``BENCH_SCALE_ROWS`` x ``BENCH_SCALE_ROWS`` pixels, 64), ``BENCH_DIR`` (where data and
 work folders go; default ``$TMPDIR/flask-dicom-inbox-bench``), ``BENCH_POLL_INTERVAL`` (mean
 pause of each of the 50 status pollers, default 0.1 s), ``BENCH_LOG`` (the workers' logging
-level; their log is kept as ``BENCH_DIR/last-site.log``).
+level; their log is kept as ``BENCH_DIR/last-site.log``), ``BENCH_RSS_DETAIL=1`` (each timed
+run also prints the peak RSS of every worker and work-horse process by pid).
 ``--only cp,import-copy,...`` runs the named methods (``--list`` names them).
 
 Every timed run starts from a fresh, untimed ``cp -r`` of the generated folder, a ``sync`` and one
@@ -665,6 +666,7 @@ class _Monitor:
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self.peak_kb = 0
+        self.per_pid: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -691,7 +693,9 @@ class _Monitor:
         todo = list(self.pids)
         while todo:
             pid = todo.pop()
-            self.peak_kb = max(self.peak_kb, self._hwm(pid))
+            hwm = self._hwm(pid)
+            self.peak_kb = max(self.peak_kb, hwm)
+            self.per_pid[pid] = max(self.per_pid.get(pid, 0), hwm)
             todo.extend(self._children(pid))
 
     def _run(self) -> None:
@@ -707,6 +711,12 @@ class _Monitor:
         self._stop.set()
         self._thread.join()
         self.sample()
+        if os.environ.get("BENCH_RSS_DETAIL"):
+            peaks = ", ".join(
+                f"{pid}{'' if pid in self.pids else ' (child)'} {kb // 1024} MB"
+                for pid, kb in sorted(self.per_pid.items())
+            )
+            print(f"  peak RSS by process: {peaks}", flush=True)
 
 
 class Site:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Flask
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -12,8 +14,15 @@ from .db import connect
 EDIT_ROLES = frozenset({"owner", "member"})
 ROLES = ("owner", "member", "collaborator")
 
-# Checked for unknown users so a wrong name costs as long as a wrong password.
-_DUMMY_HASH = generate_password_hash("dicom-inbox-timing-equaliser")
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked for unknown users so a wrong name costs as long as a wrong password.
+
+    Made on first use, not at import: scrypt takes 32 MB and 0.1 s, which every process that
+    imports the app (each RQ worker, every CLI command) would otherwise pay for nothing.
+    """
+    return generate_password_hash("dicom-inbox-timing-equaliser")
 
 
 class SqliteUsers:
@@ -28,7 +37,7 @@ class SqliteUsers:
                 "SELECT name, password_hash, is_admin FROM users WHERE name = ?", (username,)
             ).fetchone()
         if row is None:
-            check_password_hash(_DUMMY_HASH, password)
+            check_password_hash(_dummy_hash(), password)
             return None
         if not check_password_hash(row["password_hash"], password):
             return None
