@@ -13,11 +13,12 @@ claim of an earlier run is alive, so an orphaned helper never races the retry.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import redis
@@ -71,26 +72,29 @@ class ChunkBoard:
     def _k(self, name: str) -> str:
         return self._base + name
 
-    def post(self, payloads: Sequence[Any], meta: Mapping[str, Any]) -> int:
+    def post(self, payloads: Iterable[Any], meta: Mapping[str, Any]) -> int:
         """Put every chunk up for taking; returns how many.
 
-        Chunks are written in batches (a 50,000-file request's payloads, encoded at once,
-        would be tens of MB), then offered all together: nobody takes one before that.
+        Chunks are encoded and written in batches as ``payloads`` makes them (a 50,000-file
+        request's payloads, made and encoded at once, would be tens of MB), then offered all
+        together: nobody takes one before that.
         """
-        for start in range(0, len(payloads), _POST_BATCH):
-            batch = self._r.pipeline(transaction=False)
-            for i in range(start, min(start + _POST_BATCH, len(payloads))):
-                batch.set(self._k(f"chunk:{i}"), json.dumps(payloads[i]), ex=KEY_TTL)
-            batch.execute()
+        count = 0
+        for batch in _batches(payloads, _POST_BATCH):
+            pipe = self._r.pipeline(transaction=False)
+            for payload in batch:
+                pipe.set(self._k(f"chunk:{count}"), json.dumps(payload), ex=KEY_TTL)
+                count += 1
+            pipe.execute()
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k("pending"), self._k("done"))
         pipe.set(self._k("meta"), json.dumps(meta), ex=KEY_TTL)
-        pipe.set(self._k("total"), len(payloads), ex=KEY_TTL)
-        if payloads:
-            pipe.rpush(self._k("pending"), *range(len(payloads)))
+        pipe.set(self._k("total"), count, ex=KEY_TTL)
+        if count:
+            pipe.rpush(self._k("pending"), *range(count))
             pipe.expire(self._k("pending"), KEY_TTL)
         pipe.execute()
-        return len(payloads)
+        return count
 
     def meta(self) -> dict[str, Any] | None:
         raw = self._r.get(self._k("meta"))
@@ -189,7 +193,7 @@ def work_through(
 
 def run_phase(
     board: ChunkBoard,
-    payloads: Sequence[Any],
+    payloads: Iterable[Any],
     meta: Mapping[str, Any],
     work: ChunkWork,
     *,
@@ -208,6 +212,12 @@ def run_phase(
             return board.results()
         if not board.reclaim_lapsed():
             time.sleep(poll_seconds)
+
+
+def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
 
 
 def begin_run(

@@ -1,7 +1,8 @@
 """The import engine: walk, read headers, group into sessions and scans, store, clean up.
 
-It keeps one small record per file (path, stat, a few header fields), never datasets, so memory
-stays flat with the session's size. The two heavy phases, reading headers and storing files,
+Its record of each file (path, stat, a few header fields, target, outcome) lives in a
+:class:`~.filetable.FileTable` on disk, never in Python objects, and datasets are never kept, so
+memory stays flat with the session's size. The two heavy phases, reading headers and storing files,
 run in chunks through a *phase runner* (:mod:`.fanout`): any worker sharing the Redis may take
 a chunk, so one large request uses every worker. Each stored file goes through a temporary
 name; a chunk's files are made durable with one filesystem sync, then published under their
@@ -19,7 +20,6 @@ import logging
 import os
 import shutil
 import stat
-import sys
 import time
 import warnings
 from collections import defaultdict
@@ -37,6 +37,7 @@ from .dicom import (
     read_header,
 )
 from .errors import ImportFailed
+from .filetable import FileTable
 from .naming import scan_folder_name, session_label, subject_label, template_file_name
 from .protocols import Destination, SessionStorage
 from .requests import ImportRequest, RequestStore
@@ -53,7 +54,7 @@ from .storage import (
 )
 
 #: ``(phase, payloads, meta) -> results``, one result per payload, in order.
-PhaseRunner = Callable[[str, Sequence[Any], Mapping[str, Any]], Iterable[Any]]
+PhaseRunner = Callable[[str, Iterable[Any], Mapping[str, Any]], Iterable[Any]]
 
 log = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -81,18 +82,18 @@ class ScannedFile:
     """One regular file found in the walk, with the stat taken then."""
 
     path: str
-    rel: str
     size: int
     mtime_ns: int
     ino: int
-    header: DicomHeader | None = None
 
 
 @dataclass
 class ScanGroup:
+    """One series of one session: its scan folder name and how many files it has."""
+
     folder: str
     series_instance_uid: str
-    files: list[ScannedFile] = field(default_factory=list)
+    file_count: int = 0
 
 
 @dataclass
@@ -106,7 +107,7 @@ class SessionGroup:
 
     @property
     def file_count(self) -> int:
-        return sum(len(s.files) for s in self.scans.values())
+        return sum(s.file_count for s in self.scans.values())
 
 
 @dataclass(frozen=True)
@@ -172,19 +173,17 @@ class ProgressReporter:
             self._on_flush(dict(self.totals))
 
 
-def walk_files(root: Path, report: ProgressReporter) -> list[ScannedFile]:
+def walk_files(root: Path, report: ProgressReporter) -> Iterator[ScannedFile]:
     """Every regular file under ``root``, sorted; symlinks and special files are reported.
 
     Symlinks are never followed (neither to folders nor to files).
     """
-    found: list[ScannedFile] = []
 
     def on_error(exc: OSError) -> None:
         report.error(_rel(root, Path(exc.filename or root)), f"cannot read folder: {exc.strerror}")
 
     top = os.fspath(root)
     for dirpath, dirs, names in os.walk(top, followlinks=False, onerror=on_error):
-        # Plain strings, not Path objects: a session of 50,000 files keeps one per file.
         under = os.path.relpath(dirpath, top)
         prefix = "" if under == "." else under + os.sep
         for name in list(dirs):
@@ -205,10 +204,7 @@ def walk_files(root: Path, report: ProgressReporter) -> list[ScannedFile]:
             elif name.startswith(TEMP_PREFIX):
                 continue
             else:
-                found.append(
-                    ScannedFile(path, prefix + name, st.st_size, st.st_mtime_ns, st.st_ino)
-                )
-    return found
+                yield ScannedFile(path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -246,7 +242,6 @@ def read_header_chunk(
 
 
 _HEADER_FIELDS = tuple(f.name for f in dataclasses.fields(DicomHeader))
-_UNIQUE_FIELDS = frozenset({"sop_instance_uid", "instance_number"})
 
 
 class FileStorer:
@@ -457,63 +452,49 @@ def _existing(
 
 
 def group_sessions(
-    files: Sequence[ScannedFile], options: ImportOptions, report: ProgressReporter
+    table: FileTable, options: ImportOptions, report: ProgressReporter, rel: Callable[[str], str]
 ) -> list[SessionGroup]:
     """Group by (StudyInstanceUID, label) and by series; drop duplicate SOPInstanceUIDs.
 
     Two series sharing a SeriesNumber get distinct scan folders (``4``, ``4-2``).
     """
-    studies = {sf.header.study_instance_uid for sf in files if sf.header}
-    if options.expt_label and len(studies) > 1:
+    studies = table.study_count()
+    if options.expt_label and studies > 1:
         raise ImportFailed(
             f"EXPT_LABEL {options.expt_label!r} names one session, but the folder holds "
-            f"{len(studies)} studies (StudyInstanceUIDs); import without EXPT_LABEL to get "
+            f"{studies} studies (StudyInstanceUIDs); import without EXPT_LABEL to get "
             "one session per study, or split the folder. Nothing was written."
         )
-    seen: dict[str, str] = {}
-    sessions: dict[tuple[str, str], SessionGroup] = {}
-    series: dict[tuple[str, str], list[ScannedFile]] = defaultdict(list)
-    series_numbers: dict[tuple[str, str], str] = {}
-    for sf in files:
-        h = sf.header
-        assert h is not None
-        first = seen.get(h.sop_instance_uid)
-        if first is not None:
-            report.error(sf.rel, f"duplicate SOPInstanceUID (same instance as {first}); skipped")
-            report.add(filesDone=1, filesSkipped=1)
-            continue
-        seen[h.sop_instance_uid] = sf.rel
-        label = session_label(options.expt_label, h)
-        key = (h.study_instance_uid, label)
-        if key not in sessions:
-            sessions[key] = SessionGroup(
-                label=label,
-                subject=subject_label(options.subject_id, h),
-                study_instance_uid=h.study_instance_uid,
-            )
-        series_key = (f"{h.study_instance_uid}\x00{label}", h.series_instance_uid)
-        series[series_key].append(sf)
-        series_numbers.setdefault(series_key, h.series_number)
-    for (study_and_label, series_uid), members in sorted(series.items(), key=_series_order):
-        study, label = study_and_label.split("\x00", 1)
+    for path, first in table.duplicates():
+        report.error(
+            rel(path), f"duplicate SOPInstanceUID (same instance as {rel(first)}); skipped"
+        )
+        report.add(filesDone=1, filesSkipped=1)
+    table.drop_duplicates()
+    sessions = {
+        (study, label): SessionGroup(label=label, subject=subject, study_instance_uid=study)
+        for study, label, subject in table.sessions()
+    }
+    for study, label, series_uid, number, count in sorted(table.series(), key=_series_order):
         session = sessions[(study, label)]
-        base = scan_folder_name(series_numbers[(study_and_label, series_uid)])
+        base = scan_folder_name(number)
         name, n = base, 1
         while name in session.scans:
             n += 1
             name = f"{base}-{n}"
-        session.scans[name] = ScanGroup(folder=name, series_instance_uid=series_uid, files=members)
+        session.scans[name] = ScanGroup(
+            folder=name, series_instance_uid=series_uid, file_count=count
+        )
     return list(sessions.values())
 
 
-def _series_order(item: tuple[tuple[str, str], list[ScannedFile]]) -> tuple[str, int, str]:
-    (study_and_label, series_uid), members = item
-    number = members[0].header.series_number if members[0].header else ""
+def _series_order(series: tuple[str, str, str, str, int]) -> tuple[str, str, int, str]:
+    study, label, series_uid, number, _count = series
     try:
         numeric = int(number)
     except ValueError:
         numeric = -1
-    return (study_and_label, numeric, series_uid)
+    return (study, label, numeric, series_uid)
 
 
 class ImportEngine:
@@ -544,91 +525,108 @@ class ImportEngine:
         self.report = ProgressReporter(store, request.id, options.progress_every, on_progress)
         self.sessions_out: list[dict[str, Any]] = []
         self._made: list[Path] = []  # folders this run created, outermost first
+        self._scans: list[tuple[str, SessionGroup]] = []  # (scan folder, its session)
+        self._cut = 0  # len of the request folder's path with its separator
 
     def run(self, root: Path) -> list[dict[str, Any]]:
         """Import every file under ``root``; return the sessions written (for the status)."""
         earlier = self.store.stored_files(self.request.id)  # by a killed earlier run
         self.store.reset_progress(self.request.id)
         clock = _PhaseClock()
-        if earlier and self.options.cleanup and not os.path.lexists(root):
-            files = []  # a killed earlier run stored every file and removed the folder too
-        else:
-            files = walk_files(root, self.report)
-        clock.lap("walk")
-        seen = {sf.path for sf in files}
-        carried = [
-            entry
-            for src, entry in earlier.items()
-            if src not in seen and os.path.isfile(Path(entry["dir"]) / entry["name"])
-        ]
-        self.store.set_progress(self.request.id, filesFound=len(files) + len(carried))
+        top = os.fspath(root)
+        self._cut = len(os.path.join(top, ""))
+        with FileTable() as table:
+            if not (earlier and self.options.cleanup and not os.path.lexists(root)):
+                # (else a killed earlier run stored every file and removed the folder too)
+                table.add_files(
+                    (sf.path, sf.size, sf.mtime_ns, sf.ino) for sf in walk_files(root, self.report)
+                )
+            clock.lap("walk")
+            walked = table.file_count()
+            carried = [
+                entry
+                for src, entry in earlier.items()
+                if not table.has_path(src) and os.path.isfile(Path(entry["dir"]) / entry["name"])
+            ]
+            self.store.set_progress(self.request.id, filesFound=walked + len(carried))
+            self.report.flush()
+            self._read_headers(table)
+            clock.lap("headers")
+            sessions = group_sessions(table, self.options, self.report, self._relative)
+            self.report.flush()
+            timestamp = self._prearchive_timestamp()
+            self._check_destinations(sessions)
+            folders: list[Path] = []
+            try:
+                self._plan(table, sessions, timestamp, folders)
+                clock.lap("plan")
+                results = self._run_chunks(
+                    "store", self._planned_items(table), {"scripts": self.script_texts}
+                )
+                clock.lap("store")
+                self._tally(table, sessions, results, folders, carried, timestamp)
+                clock.lap("tally")
+            except BaseException:
+                # A set-aside archive session comes back when its replacement never happened.
+                self._remove_empty_folders(folders)
+                for folder in folders:
+                    self._restore_set_aside(folder)
+                raise
+            if self.options.cleanup:
+                self._cleanup(table, root)
+                clock.lap("cleanup")
+            stored, stored_bytes = table.stored_totals()
         self.report.flush()
-        readable = self._read_headers(files)
-        clock.lap("headers")
-        sessions = group_sessions(readable, self.options, self.report)
-        self.report.flush()
-        timestamp = self._prearchive_timestamp()
-        self._check_destinations(sessions)
-        folders: list[Path] = []
-        try:
-            planned, owners, folders = self._plan(sessions, timestamp, folders)
-            clock.lap("plan")
-            results = self._run_chunks("store", planned, {"scripts": self.script_texts})
-            clock.lap("store")
-            stored = self._tally(sessions, planned, owners, results, folders, carried, timestamp)
-            clock.lap("tally")
-        except BaseException:
-            # A set-aside archive session comes back when its replacement never happened.
-            self._remove_empty_folders(folders)
-            for folder in folders:
-                self._restore_set_aside(folder)
-            raise
-        if self.options.cleanup:
-            self._cleanup(root, stored)
-            clock.lap("cleanup")
-        self.report.flush()
-        log.info("dicom-inbox: request %s, %d files: %s", self.request.id, len(files), clock)
-        found = len(files) + len(carried)
-        imported = len(stored) + len(carried)
+        log.info("dicom-inbox: request %s, %d files: %s", self.request.id, walked, clock)
+        found = walked + len(carried)
+        imported = stored + len(carried)
         self.store.set_progress(
             self.request.id,
             filesFound=found,
             filesDone=found,
             filesImported=imported,
             filesSkipped=found - imported,
-            bytesDone=sum(sf.size for sf, _how in stored) + sum(int(e["size"]) for e in carried),
+            bytesDone=stored_bytes + sum(int(e["size"]) for e in carried),
         )
         if not imported:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
         return self.sessions_out
 
+    def _relative(self, path: str) -> str:
+        """``path`` relative to the request's folder, as errors name it."""
+        return path[self._cut :]
+
     def _run_chunks(
-        self, phase: str, items: Sequence[Any], meta: Mapping[str, Any]
+        self, phase: str, items: Iterable[Any], meta: Mapping[str, Any]
     ) -> Iterator[Any]:
         """Do the phase's work now; then each item's result, in order, a chunk's results
-        decoded only when reached."""
+        decoded only when reached. Items are made as their chunk is posted."""
         size = max(1, self.options.chunk_files)
-        payloads = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        payloads = (list(chunk) for chunk in _batched(items, size))
         return itertools.chain.from_iterable(self.runner(phase, payloads, meta))
 
     # -- headers ----------------------------------------------------------------------------
-    def _read_headers(self, files: Sequence[ScannedFile]) -> list[ScannedFile]:
-        """Read each file's header (in chunks); non-DICOM files are reported and skipped."""
-        results = self._run_chunks("headers", [[sf.path, sf.rel] for sf in files], {})
-        readable: list[ScannedFile] = []
-        for sf, result in zip(files, results, strict=True):
-            if "h" in result:
-                # Shared values (study, series, patient) are kept once, not once per file.
-                sf.header = DicomHeader(
-                    **{
-                        k: v if k in _UNIQUE_FIELDS else sys.intern(v)
-                        for k, v in result["h"].items()
-                    }
-                )
-                readable.append(sf)
-            else:
-                self.report.error(sf.rel, str(result["e"]))
-        return readable
+    def _read_headers(self, table: FileTable) -> None:
+        """Read each file's header (in chunks) into the table; non-DICOM files are reported."""
+        items = ([path, self._relative(path)] for _id, path in table.paths())
+        results = self._run_chunks("headers", items, {})
+        opts = self.options
+
+        def readable() -> Iterator[tuple[int, DicomHeader, str, str, str]]:
+            for (fid, path), result in zip(table.paths(), results, strict=True):
+                if "h" in result:
+                    header = DicomHeader(**result["h"])
+                    yield (
+                        fid,
+                        header,
+                        session_label(opts.expt_label, header),
+                        subject_label(opts.subject_id, header),
+                        safe_file_name(os.path.basename(path)),
+                    )
+                else:
+                    self.report.error(self._relative(path), str(result["e"]))
+
+        table.add_headers(readable())
 
     # -- destination ------------------------------------------------------------------------
     def _prearchive_timestamp(self) -> str:
@@ -668,18 +666,20 @@ class ImportEngine:
 
     # -- planning ---------------------------------------------------------------------------
     def _plan(
-        self, sessions: Sequence[SessionGroup], timestamp: str, folders: list[Path]
-    ) -> tuple[list[dict[str, Any]], list[tuple[int, ScannedFile]], list[Path]]:
+        self,
+        table: FileTable,
+        sessions: Sequence[SessionGroup],
+        timestamp: str,
+        folders: list[Path],
+    ) -> None:
         """Create the scan folders and decide each file's target; nothing is written yet.
 
         ``folders`` receives each session folder as soon as it is decided, so a failure
         midway can still put set-aside sessions back.
         """
         opts = self.options
-        planned: list[dict[str, Any]] = []
-        owners: list[tuple[int, ScannedFile]] = []
         anonymizing = bool(self.script_texts)
-        for number, session in enumerate(sessions):
+        for session in sessions:
             folder = self.storage.session_folder(
                 opts.destination, opts.project_id, session.label, timestamp
             )
@@ -693,43 +693,45 @@ class ImportEngine:
                 for made in make_dirs(scan_dir):
                     fsync_dir(made.parent)
                     self._made.append(made)
-                names = _names(scan.files, anonymizing, opts.rename)
-                scan_text = str(scan_dir)  # one string for the scan's files, not one each
-                for sf, name in zip(scan.files, names, strict=True):
-                    planned.append(
-                        {
-                            "src": sf.path,
-                            "rel": sf.rel,
-                            "size": sf.size,
-                            "mtime": sf.mtime_ns,
-                            "ino": sf.ino,
-                            "dir": scan_text,
-                            "name": name,
-                            "label": session.label,
-                            "subject": session.subject,
-                            "study": session.study_instance_uid,
-                        }
-                    )
-                    owners.append((number, sf))
-        return planned, owners, folders
+                number = len(self._scans)
+                self._scans.append((str(scan_dir), session))
+                key = (session.study_instance_uid, session.label, scan.series_instance_uid)
+                table.add_plan(
+                    (fid, number, name)
+                    for fid, name in _names(table, key, number, anonymizing, opts.rename)
+                )
+
+    def _planned_items(self, table: FileTable) -> Iterator[dict[str, Any]]:
+        """The store phase's payload items (see :class:`FileStorer`), in plan order."""
+        for _seq, path, size, mtime, ino, scan, name in table.planned():
+            scan_dir, session = self._scans[scan]
+            yield {
+                "src": path,
+                "rel": self._relative(path),
+                "size": size,
+                "mtime": mtime,
+                "ino": ino,
+                "dir": scan_dir,
+                "name": name,
+                "label": session.label,
+                "subject": session.subject,
+                "study": session.study_instance_uid,
+            }
 
     def _tally(
         self,
+        table: FileTable,
         sessions: Sequence[SessionGroup],
-        planned: Sequence[Mapping[str, Any]],
-        owners: Sequence[tuple[int, ScannedFile]],
         results: Iterable[Mapping[str, Any]],
         folders: Sequence[Path],
         carried: Sequence[Mapping[str, Any]],
         timestamp: str,
-    ) -> list[tuple[ScannedFile, str]]:
+    ) -> None:
         """Record each file's outcome; on a full destination undo this request's copies.
 
         ``carried`` are files an earlier, killed run of this request stored and moved away:
         they count in their sessions as if stored now.
         """
-        stored: list[tuple[ScannedFile, str]] = []
-        written: list[tuple[Mapping[str, Any], str]] = []  # (planned item, name): to roll back
         full: str | None = None
         tallies: dict[str, dict[str, Any]] = {}
         for session in sessions:
@@ -739,19 +741,26 @@ class ImportEngine:
                 "dirs": set(),
                 "files": 0,
             }
-        for item, (_number, sf), result in zip(planned, owners, results, strict=True):
-            if "n" in result:  # results are read chunk by chunk: none is kept past here
-                stored.append((sf, str(result["how"])))
-                written.append((item, str(result["name"])))
-                tally = tallies[str(item["label"])]
-                tally["files"] += 1
-                tally["dirs"].add(item["dir"])
-            else:
-                self.report.error(sf.rel, str(result["e"]))
-                if result.get("full") and full is None:
-                    full = str(result["e"])
+
+        def stored() -> Iterator[tuple[int, str, str]]:
+            nonlocal full
+            for (seq, path, *_stat, scan, _name), result in zip(
+                table.planned(), results, strict=True
+            ):
+                if "n" in result:  # results are read chunk by chunk: none is kept past here
+                    scan_dir, session = self._scans[scan]
+                    tally = tallies[session.label]
+                    tally["files"] += 1
+                    tally["dirs"].add(scan_dir)
+                    yield seq, str(result["how"]), str(result["name"])
+                else:
+                    self.report.error(self._relative(path), str(result["e"]))
+                    if result.get("full") and full is None:
+                        full = str(result["e"])
+
+        table.add_stored(stored())
         if full is not None:
-            kept = self._roll_back(written, folders)
+            kept = self._roll_back(table, folders)
             raise ImportFailed(
                 f"the destination is full ({full}); the copies this request had written were "
                 f"removed{f', {kept} moved file(s) kept there' if kept else ''} and the "
@@ -787,19 +796,16 @@ class ImportEngine:
                     "files": tally["files"],
                 }
             )
-        return stored
 
-    def _roll_back(
-        self, written: Sequence[tuple[Mapping[str, Any], str]], folders: Sequence[Path]
-    ) -> int:
+    def _roll_back(self, table: FileTable, folders: Sequence[Path]) -> int:
         """Remove every stored file whose source still exists; return how many were kept."""
         kept = 0
-        for item, name in written:
-            if not os.path.lexists(item["src"]):
+        for path, _size, _mtime, _ino, _how, scan, name in table.stored():
+            if not os.path.lexists(path):
                 kept += 1  # moved: the stored file is the only copy
                 continue
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(Path(item["dir"]) / name)
+                os.unlink(os.path.join(self._scans[scan][0], name))
         self._remove_empty_folders(folders)
         for folder in folders:
             self._restore_set_aside(folder)
@@ -839,22 +845,27 @@ class ImportEngine:
             shutil.rmtree(aside)
 
     # -- cleanup ----------------------------------------------------------------------------
-    def _cleanup(self, root: Path, stored: Sequence[tuple[ScannedFile, str]]) -> None:
+    def _cleanup(self, table: FileTable, root: Path) -> None:
         """Delete imported sources (all already durable), then emptied folders."""
-        for sf, how in stored:
-            if not os.path.lexists(sf.path):
+        for path, size, mtime, ino, how, _scan, _name in table.stored():
+            if not os.path.lexists(path):
                 if how != "move":  # our own moves leave nothing; anything else is news
                     self.report.error(
-                        sf.rel, "removed by someone else after it was imported; the copy is kept"
+                        self._relative(path),
+                        "removed by someone else after it was imported; the copy is kept",
                     )
                 continue
-            if not _unchanged(sf.path, _stat_of(sf)):
-                self.report.error(sf.rel, "changed since the scan; imported copy kept, source kept")
+            if not _unchanged(path, {"size": size, "mtime": mtime, "ino": ino}):
+                self.report.error(
+                    self._relative(path), "changed since the scan; imported copy kept, source kept"
+                )
                 continue
             try:
-                os.unlink(sf.path)
+                os.unlink(path)
             except OSError as exc:
-                self.report.error(sf.rel, f"imported, but the source could not be deleted: {exc}")
+                self.report.error(
+                    self._relative(path), f"imported, but the source could not be deleted: {exc}"
+                )
         for folder in _folders_bottom_up(root):
             if folder == root and self.options.keep_root:
                 continue
@@ -862,35 +873,41 @@ class ImportEngine:
                 folder.rmdir()
 
 
-def _names(files: Sequence[ScannedFile], anonymizing: bool, rename: bool) -> list[str | None]:
+def _names(
+    table: FileTable,
+    series: tuple[str, str, str],
+    scan: int,
+    anonymizing: bool,
+    rename: bool,
+) -> Iterator[tuple[int, str | None]]:
     """Each file's name in its scan folder: the original name, sanitised, or XNAT's template.
 
     The template (``rename=true``, or a name two files share) is taken from the written
     header: after anonymization it is left to the chunk's worker (``None``), so no original
-    UID leaks into a name.
+    UID leaks into a name. Names taken are noted in the table, not in memory.
     """
-    names: list[str | None] = []
-    used: set[str] = set()
-    counts: dict[str, int] = defaultdict(int)
-    for sf in files:
-        counts[safe_file_name(os.path.basename(sf.path))] += 1
-    for sf in files:
-        assert sf.header is not None
-        original = safe_file_name(os.path.basename(sf.path))
-        if not rename and counts[original] == 1:
-            used.add(original)
-            names.append(original)
+    shared = table.shared_names(*series)
+    templates = rename or bool(shared)
+    for fid, original, *fields in table.series_files(*series):
+        if not rename and original not in shared:
+            if templates:
+                table.claim_name(scan, original)
+            yield fid, original
         elif anonymizing:
-            names.append(None)
+            yield fid, None
         else:
-            name = template_file_name(sf.header)
-            base, n = name, 1
-            while name in used:
+            base = template_file_name(DicomHeader(*fields))
+            name, n = base, 1
+            while not table.claim_name(scan, name):
                 n += 1
                 name = f"{n}-{base}"
-            used.add(name)
-            names.append(name)
-    return names
+            yield fid, name
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
+    iterator = iter(items)
+    while batch := tuple(itertools.islice(iterator, size)):
+        yield batch
 
 
 class _PhaseClock:
@@ -911,10 +928,6 @@ class _PhaseClock:
 
 class _FileProblem(Exception):
     pass
-
-
-def _stat_of(sf: ScannedFile) -> dict[str, int]:
-    return {"size": sf.size, "mtime": sf.mtime_ns, "ino": sf.ino}
 
 
 def _unchanged(path: str | Path, seen: Mapping[str, Any]) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,7 +307,7 @@ def _board(state: InboxState, request_id: int, run: str, phase: str) -> ChunkBoa
 
 
 def _phase_runner(state: InboxState, record: ImportRequest, run: str) -> PhaseRunner:
-    def runner(phase: str, payloads: Sequence[Any], meta: Mapping[str, Any]) -> Iterator[Any]:
+    def runner(phase: str, payloads: Iterable[Any], meta: Mapping[str, Any]) -> Iterator[Any]:
         return run_phase(
             _board(state, record.id, run, phase),
             payloads,

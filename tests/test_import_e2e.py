@@ -275,7 +275,36 @@ def test_duplicate_instances_are_kept_once_and_reported(
     assert status["progress"]["filesImported"] == 2
     assert status["progress"]["filesSkipped"] == 1
     [error] = status["errors"]
-    assert "duplicate SOPInstanceUID" in error["reason"]
+    # Walk order decides which copy is "the" instance: upper case sorts before lower case.
+    assert error["path"] == "copy_of_first.dcm"
+    first = generated.files[0].name
+    assert f"duplicate SOPInstanceUID (same instance as {first})" in error["reason"]
+
+
+def test_files_of_one_series_sharing_a_name_get_template_names(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
+    """Two files of one series named alike (in two sub-folders) cannot both keep the name:
+    both take XNAT's template name; a file whose name is its own keeps it."""
+    folder = inbox / "test_proj" / "alike"
+    generated = write_session(folder / "a", series=1, files_per_series=3, nested=False)
+    one, two, three = generated.files
+    (folder / "b").mkdir()
+    two.rename(folder / "b" / one.name)
+    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="alike", path=str(folder)))
+    run_worker(app)
+    status = _status(client, rid)
+    assert status["status"] == "Completed", status
+    assert status["progress"]["filesImported"] == 3
+    names = sorted(p.name for p in state.config.prearchive_path.rglob("*.dcm"))
+    assert three.name in names
+    templated = sorted(n for n in names if n != three.name)
+    uid = re.escape(generated.study_instance_uid)
+    assert [re.fullmatch(uid + r"-1-([12])-[0-9a-z]+\.dcm", n) is not None for n in templated] == [
+        True,
+        True,
+    ], names
+    assert len(set(templated)) == 2
 
 
 def test_rename_names_files_by_xnat_template(
