@@ -70,7 +70,7 @@ class Server:
             headers={"Authorization": f"Basic {token}", "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310
+            with _OPENER.open(request, timeout=self.timeout) as answer:
                 body: bytes = answer.read()
                 return body
         except urllib.error.HTTPError as exc:
@@ -85,6 +85,34 @@ class Server:
             return json.loads(body)
         except ValueError:
             raise ClientError(f"{self.url(path)} did not answer JSON") from None
+
+
+class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, but sends the password only to the origin (scheme,
+    host, port) it was given for: urllib would repeat it to wherever a redirect points."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or ""), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+_OPENER = urllib.request.build_opener(_CredentialsStayHome)
 
 
 def _http_message(exc: urllib.error.HTTPError) -> str:

@@ -13,7 +13,7 @@ is one transaction that is never committed: it is thrown away when the request's
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -35,6 +35,9 @@ CREATE TABLE headers (id INTEGER PRIMARY KEY, {_HEADER_COLUMNS},
 CREATE TABLE plan (seq INTEGER PRIMARY KEY, id INTEGER NOT NULL, scan INTEGER NOT NULL,
                    name TEXT);
 CREATE TABLE stored (seq INTEGER PRIMARY KEY, how TEXT NOT NULL, name TEXT NOT NULL);
+CREATE TABLE ledger (src TEXT PRIMARY KEY, label TEXT NOT NULL, subject TEXT NOT NULL,
+                     study TEXT NOT NULL, dir TEXT NOT NULL, name TEXT NOT NULL,
+                     size INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE names (scan INTEGER NOT NULL, name TEXT NOT NULL, PRIMARY KEY (scan, name))
     WITHOUT ROWID;
 """
@@ -69,7 +72,6 @@ class FileTable:
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(_SCHEMA)
         self._db.execute("BEGIN")
-        self._path_index = False
 
     def close(self) -> None:
         self._db.close()
@@ -92,15 +94,45 @@ class FileTable:
     def file_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM files"))
 
-    def has_path(self, path: str) -> bool:
-        if not self._path_index:
-            self._db.execute("CREATE INDEX files_path ON files (path)")
-            self._path_index = True
-        return self._scalar("SELECT 1 FROM files WHERE path = ?", (path,)) is not None
-
     def paths(self) -> Iterator[tuple[int, str]]:
         """``(id, path)`` of every file, in walk order."""
         return iter(self._db.execute("SELECT id, path FROM files ORDER BY id"))
+
+    # -- files an earlier, killed run of the request stored --------------------------------
+    def add_ledger(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
+        """The request's ledger (source path -> stored file); returns how many entries."""
+        before = self._scalar("SELECT COUNT(*) FROM ledger")
+        self._db.executemany(
+            "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                (src, str(e["label"]), str(e["subject"]), str(e["study"]), str(e["dir"]),
+                 str(e["name"]), int(e["size"]))
+                for src, e in entries
+            ),
+        )  # fmt: skip
+        return int(self._scalar("SELECT COUNT(*) FROM ledger")) - int(before)
+
+    def keep_carried(self, exists: Callable[[str, str], bool]) -> None:
+        """Keep in the ledger only the files this run must count without seeing them: those
+        whose source the walk did not find and whose stored file ``exists(dir, name)``."""
+        self._db.execute("DELETE FROM ledger WHERE src IN (SELECT path FROM files)")
+        gone = [
+            (src,)
+            for src, folder, name in self._db.execute("SELECT src, dir, name FROM ledger")
+            if not exists(folder, name)
+        ]
+        self._db.executemany("DELETE FROM ledger WHERE src = ?", gone)
+
+    def carried(self) -> Iterator[tuple[str, str, str, str]]:
+        """``(label, subject, study, scan folder)`` of each file :meth:`keep_carried` kept."""
+        return iter(self._db.execute("SELECT label, subject, study, dir FROM ledger"))
+
+    def carried_totals(self) -> tuple[int, int]:
+        """How many files were carried, and their bytes."""
+        count, size = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM ledger"
+        ).fetchone()
+        return int(count), int(size)
 
     # -- headers and grouping --------------------------------------------------------------
     def add_headers(self, rows: Iterable[tuple[int, DicomHeader, str, str, str]]) -> None:

@@ -530,12 +530,12 @@ class ImportEngine:
 
     def run(self, root: Path) -> list[dict[str, Any]]:
         """Import every file under ``root``; return the sessions written (for the status)."""
-        earlier = self.store.stored_files(self.request.id)  # by a killed earlier run
         self.store.reset_progress(self.request.id)
         clock = _PhaseClock()
         top = os.fspath(root)
         self._cut = len(os.path.join(top, ""))
         with FileTable() as table:
+            earlier = table.add_ledger(self.store.iter_stored(self.request.id))  # a killed run's
             if not (earlier and self.options.cleanup and not os.path.lexists(root)):
                 # (else a killed earlier run stored every file and removed the folder too)
                 table.add_files(
@@ -543,12 +543,9 @@ class ImportEngine:
                 )
             clock.lap("walk")
             walked = table.file_count()
-            carried = [
-                entry
-                for src, entry in earlier.items()
-                if not table.has_path(src) and os.path.isfile(Path(entry["dir"]) / entry["name"])
-            ]
-            self.store.set_progress(self.request.id, filesFound=walked + len(carried))
+            table.keep_carried(lambda folder, name: os.path.isfile(os.path.join(folder, name)))
+            carried, carried_bytes = table.carried_totals()
+            self.store.set_progress(self.request.id, filesFound=walked + carried)
             self.report.flush()
             self._read_headers(table)
             clock.lap("headers")
@@ -564,7 +561,7 @@ class ImportEngine:
                     "store", self._planned_items(table), {"scripts": self.script_texts}
                 )
                 clock.lap("store")
-                self._tally(table, sessions, results, folders, carried, timestamp)
+                self._tally(table, sessions, results, folders, timestamp)
                 clock.lap("tally")
             except BaseException:
                 # A set-aside archive session comes back when its replacement never happened.
@@ -578,15 +575,15 @@ class ImportEngine:
             stored, stored_bytes = table.stored_totals()
         self.report.flush()
         log.info("dicom-inbox: request %s, %d files: %s", self.request.id, walked, clock)
-        found = walked + len(carried)
-        imported = stored + len(carried)
+        found = walked + carried
+        imported = stored + carried
         self.store.set_progress(
             self.request.id,
             filesFound=found,
             filesDone=found,
             filesImported=imported,
             filesSkipped=found - imported,
-            bytesDone=stored_bytes + sum(int(e["size"]) for e in carried),
+            bytesDone=stored_bytes + carried_bytes,
         )
         if not imported:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
@@ -724,13 +721,12 @@ class ImportEngine:
         sessions: Sequence[SessionGroup],
         results: Iterable[Mapping[str, Any]],
         folders: Sequence[Path],
-        carried: Sequence[Mapping[str, Any]],
         timestamp: str,
     ) -> None:
         """Record each file's outcome; on a full destination undo this request's copies.
 
-        ``carried`` are files an earlier, killed run of this request stored and moved away:
-        they count in their sessions as if stored now.
+        Files an earlier, killed run of this request stored and moved away (the table's
+        carried files) count in their sessions as if stored now.
         """
         full: str | None = None
         tallies: dict[str, dict[str, Any]] = {}
@@ -766,13 +762,12 @@ class ImportEngine:
                 f"removed{f', {kept} moved file(s) kept there' if kept else ''} and the "
                 "sources are untouched"
             )
-        for entry in carried:
+        for label, subject, study, scan_dir in table.carried():
             tally = tallies.setdefault(
-                str(entry["label"]),
-                {"subject": entry["subject"], "study": entry["study"], "dirs": set(), "files": 0},
+                label, {"subject": subject, "study": study, "dirs": set(), "files": 0}
             )
             tally["files"] += 1
-            tally["dirs"].add(entry["dir"])
+            tally["dirs"].add(scan_dir)
         opts = self.options
         self._remove_empty_folders(folders)  # scans whose every file failed
         for session, folder in zip(sessions, folders, strict=True):

@@ -313,8 +313,11 @@ class RequestStore:
                 mapping={k: json.dumps(v) for k, v in entries.items()},
             )
 
+    def iter_stored(self, request_id: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The ledger's ``(source path, entry)`` pairs, read a thousand at a time (a retry of
+        a 50,000-file request would otherwise decode the whole ledger at once)."""
+        for key, value in self.redis.hscan_iter(self._key(request_id, ":stored"), count=1000):
+            yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(value)
+
     def stored_files(self, request_id: int) -> dict[str, dict[str, Any]]:
-        raw = self.redis.hgetall(self._key(request_id, ":stored"))
-        return {
-            (k.decode() if isinstance(k, bytes) else str(k)): json.loads(v) for k, v in raw.items()
-        }
+        return dict(self.iter_stored(request_id))

@@ -489,3 +489,57 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere() -> None:
         "request 7: Completed, 20/20 files",
     ]
     assert "\r" not in log.getvalue()
+
+
+# -- credentials and redirects ----------------------------------------------------------------
+
+
+def _recording_app(seen: list[str | None]) -> Any:
+    """Answers every GET with a finished request record; notes each call's Authorization."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        seen.append(environ.get("HTTP_AUTHORIZATION"))
+        body = json.dumps({"id": 1, "status": "Completed", "message": "done"}).encode()
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [body]
+
+    return app
+
+
+def _redirecting_app(seen: list[str | None], to: str | None = None) -> Any:
+    """Redirects every call to ``to`` + its path, or (``to`` None) to ``/moved`` + its path on
+    this same server, where it answers (and notes the call's Authorization in ``seen``)."""
+    answer = _recording_app(seen)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ["PATH_INFO"]
+        if to is None and path.startswith("/moved/"):
+            return answer(environ, start_response)  # type: ignore[no-any-return]
+        target = to if to is not None else f"http://{environ['HTTP_HOST']}/moved"
+        start_response("302 Found", [("Location", f"{target}{path}")])
+        return [b""]
+
+    return app
+
+
+def test_a_redirect_to_another_origin_does_not_get_the_password(cli: Cli) -> None:
+    """urllib repeats the Authorization header to wherever a redirect points; the client
+    sends it back only to the origin (scheme, host, port) it was given for."""
+    elsewhere: list[str | None] = []
+    with (
+        serve_http(_recording_app(elsewhere)) as other,
+        serve_http(_redirecting_app([], to=other)) as url,
+    ):
+        shown = cli("status", "1", "--json", "--url", url, "--user", "owner", password="pw")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["status"] == "Completed"
+    assert elsewhere == [None]
+
+
+def test_a_redirect_within_the_origin_keeps_the_password(cli: Cli) -> None:
+    same: list[str | None] = []
+    with serve_http(_redirecting_app(same)) as url:
+        shown = cli("status", "1", "--json", "--url", url, "--user", "owner", password="pw")
+    assert shown.returncode == 0, shown.stderr
+    [sent] = same
+    assert sent is not None and sent.startswith("Basic ")
