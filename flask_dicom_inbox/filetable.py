@@ -115,6 +115,8 @@ class FileTable:
     def keep_carried(self, exists: Callable[[str, str], bool]) -> None:
         """Keep in the ledger only the files this run must count without seeing them: those
         whose source the walk did not find and whose stored file ``exists(dir, name)``."""
+        if self._scalar("SELECT 1 FROM ledger LIMIT 1") is None:
+            return  # a first run: nothing to compare with the walk
         self._db.execute("DELETE FROM ledger WHERE src IN (SELECT path FROM files)")
         gone = [
             (src,)

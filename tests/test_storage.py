@@ -274,3 +274,21 @@ def test_remove_temp_files_removes_only_temp_files(tmp_path: Path) -> None:
 
 def test_remove_temp_files_on_missing_folder_is_zero(tmp_path: Path) -> None:
     assert remove_temp_files(tmp_path / "missing") == 0
+
+
+def test_only_files_past_the_threshold_start_their_writeback_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files are left to the batch's one sync (a writeback per small file costs more
+    than it saves); large ones start theirs as soon as they are written."""
+    from flask_dicom_inbox import storage
+
+    started: list[int] = []  # the inode of each file whose writeback was started
+    monkeypatch.setattr(storage, "start_writeback", lambda fd: started.append(os.fstat(fd).st_ino))
+    small, _ = storage.write_temp(tmp_path, lambda out: out.write(b"s" * 10_000))
+    large, size = storage.write_temp(
+        tmp_path, lambda out: out.write(b"l" * storage.WRITEBACK_MIN_BYTES)
+    )
+    assert size == storage.WRITEBACK_MIN_BYTES
+    assert started == [large.stat().st_ino]
+    assert small.read_bytes() == b"s" * 10_000
