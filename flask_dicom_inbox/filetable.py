@@ -63,15 +63,19 @@ class FileTable:
     def __init__(self) -> None:
         # "": SQLite's private temporary database, deleted when closed or when the process dies.
         self._db = sqlite3.connect("", isolation_level=None)
-        for pragma in (
-            f"cache_size = -{CACHE_KIB}",
-            "temp_store = FILE",
-            "journal_mode = OFF",
-            "synchronous = OFF",
-        ):
-            self._db.execute(f"PRAGMA {pragma}")
-        self._db.executescript(_SCHEMA)
-        self._db.execute("BEGIN")
+        try:
+            for pragma in (
+                f"cache_size = -{CACHE_KIB}",
+                "temp_store = FILE",
+                "journal_mode = OFF",
+                "synchronous = OFF",
+            ):
+                self._db.execute(f"PRAGMA {pragma}")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("BEGIN")
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         self._db.close()
@@ -204,6 +208,16 @@ class FileTable:
                 (study, label, series),
             )
         }
+
+    def claim_unique_names(self, scan: int, study: str, label: str, series: str) -> None:
+        """Note as taken in ``scan`` every name only one file of the series has (those files
+        keep their names, so no template name may take one)."""
+        self._db.execute(
+            "INSERT OR IGNORE INTO names (scan, name) SELECT ?, name FROM headers WHERE "
+            "study_instance_uid = ? AND label = ? AND series_instance_uid = ? "
+            "GROUP BY name HAVING COUNT(*) = 1",
+            (scan, study, label, series),
+        )
 
     def claim_name(self, scan: int, name: str) -> bool:
         """Note ``name`` as taken in ``scan``; false when it was taken already."""

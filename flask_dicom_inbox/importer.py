@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import shutil
+import sqlite3
 import stat
 import time
 import warnings
@@ -176,7 +177,9 @@ class ProgressReporter:
 def walk_files(root: Path, report: ProgressReporter) -> Iterator[ScannedFile]:
     """Every regular file under ``root``, sorted; symlinks and special files are reported.
 
-    Symlinks are never followed (neither to folders nor to files).
+    Symlinks are never followed (neither to folders nor to files). A name that is not valid
+    UTF-8 is reported and skipped (a folder with all it holds): neither the file records nor
+    Redis can hold it.
     """
 
     def on_error(exc: OSError) -> None:
@@ -188,23 +191,45 @@ def walk_files(root: Path, report: ProgressReporter) -> Iterator[ScannedFile]:
         prefix = "" if under == "." else under + os.sep
         for name in list(dirs):
             if os.path.islink(os.path.join(dirpath, name)):
-                report.error(prefix + name, "symbolic link skipped (not followed)")
+                report.error(_shown(prefix + name), "symbolic link skipped (not followed)")
+            elif not _utf8(name):
+                report.error(_shown(prefix + name), _NOT_UTF8 + " (with all it holds)")
+                dirs.remove(name)
         dirs.sort()
         for name in sorted(names):
             path = os.path.join(dirpath, name)
             try:
                 st = os.lstat(path)
             except OSError as exc:
-                report.error(prefix + name, f"cannot stat: {exc.strerror}")
+                report.error(_shown(prefix + name), f"cannot stat: {exc.strerror}")
                 continue
             if stat.S_ISLNK(st.st_mode):
-                report.error(prefix + name, "symbolic link skipped (not followed)")
+                report.error(_shown(prefix + name), "symbolic link skipped (not followed)")
             elif not stat.S_ISREG(st.st_mode):
-                report.error(prefix + name, "not a regular file (device, FIFO or socket)")
+                report.error(_shown(prefix + name), "not a regular file (device, FIFO or socket)")
+            elif not _utf8(name):
+                report.error(_shown(prefix + name), _NOT_UTF8)
             elif name.startswith(TEMP_PREFIX):
                 continue
             else:
                 yield ScannedFile(path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+_NOT_UTF8 = "name is not valid UTF-8: skipped; rename it to import it"
+
+
+def _utf8(name: str) -> bool:
+    """Whether ``name`` (as ``os.walk`` gives it) was valid UTF-8 on disk."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.fsdecode's surrogates for bytes that are not UTF-8
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """``name`` for a report: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return name if _utf8(name) else os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -532,47 +557,17 @@ class ImportEngine:
         """Import every file under ``root``; return the sessions written (for the status)."""
         self.store.reset_progress(self.request.id)
         clock = _PhaseClock()
-        top = os.fspath(root)
-        self._cut = len(os.path.join(top, ""))
-        with FileTable() as table:
-            earlier = table.add_ledger(self.store.iter_stored(self.request.id))  # a killed run's
-            if not (earlier and self.options.cleanup and not os.path.lexists(root)):
-                # (else a killed earlier run stored every file and removed the folder too)
-                table.add_files(
-                    (sf.path, sf.size, sf.mtime_ns, sf.ino) for sf in walk_files(root, self.report)
-                )
-            clock.lap("walk")
-            walked = table.file_count()
-            table.keep_carried(lambda folder, name: os.path.isfile(os.path.join(folder, name)))
-            carried, carried_bytes = table.carried_totals()
-            self.store.set_progress(self.request.id, filesFound=walked + carried)
-            self.report.flush()
-            self._read_headers(table)
-            clock.lap("headers")
-            sessions = group_sessions(table, self.options, self.report, self._relative)
-            self.report.flush()
-            timestamp = self._prearchive_timestamp()
-            self._check_destinations(sessions)
-            folders: list[Path] = []
-            try:
-                self._plan(table, sessions, timestamp, folders)
-                clock.lap("plan")
-                results = self._run_chunks(
-                    "store", self._planned_items(table), {"scripts": self.script_texts}
-                )
-                clock.lap("store")
-                self._tally(table, sessions, results, folders, timestamp)
-                clock.lap("tally")
-            except BaseException:
-                # A set-aside archive session comes back when its replacement never happened.
-                self._remove_empty_folders(folders)
-                for folder in folders:
-                    self._restore_set_aside(folder)
-                raise
-            if self.options.cleanup:
-                self._cleanup(table, root)
-                clock.lap("cleanup")
-            stored, stored_bytes = table.stored_totals()
+        self._cut = len(os.path.join(os.fspath(root), ""))
+        try:
+            with FileTable() as table:
+                counts = self._import(table, root, clock)
+        except sqlite3.Error as exc:  # the records' temporary file could not grow, say
+            raise ImportFailed(
+                "the worker could not keep this request's file records "
+                f"({type(exc).__name__}: {exc}); is its temporary folder (SQLITE_TMPDIR, else "
+                "TMPDIR) full?"
+            ) from exc
+        walked, carried, carried_bytes, stored, stored_bytes = counts
         self.report.flush()
         log.info("dicom-inbox: request %s, %d files: %s", self.request.id, walked, clock)
         found = walked + carried
@@ -588,6 +583,50 @@ class ImportEngine:
         if not imported:
             raise ImportFailed("no file could be imported; see errors for each file's reason")
         return self.sessions_out
+
+    def _import(
+        self, table: FileTable, root: Path, clock: _PhaseClock
+    ) -> tuple[int, int, int, int, int]:
+        """The phases; returns the files walked, carried (and their bytes), stored (and the
+        bytes of their sources)."""
+        earlier = table.add_ledger(self.store.iter_stored(self.request.id))  # a killed run's
+        if not (earlier and self.options.cleanup and not os.path.lexists(root)):
+            # (else a killed earlier run stored every file and removed the folder too)
+            table.add_files(
+                (sf.path, sf.size, sf.mtime_ns, sf.ino) for sf in walk_files(root, self.report)
+            )
+        clock.lap("walk")
+        walked = table.file_count()
+        table.keep_carried(lambda folder, name: os.path.isfile(os.path.join(folder, name)))
+        carried, carried_bytes = table.carried_totals()
+        self.store.set_progress(self.request.id, filesFound=walked + carried)
+        self.report.flush()
+        self._read_headers(table)
+        clock.lap("headers")
+        sessions = group_sessions(table, self.options, self.report, self._relative)
+        self.report.flush()
+        timestamp = self._prearchive_timestamp()
+        self._check_destinations(sessions)
+        folders: list[Path] = []
+        try:
+            self._plan(table, sessions, timestamp, folders)
+            clock.lap("plan")
+            results = self._run_chunks(
+                "store", self._planned_items(table), {"scripts": self.script_texts}
+            )
+            clock.lap("store")
+            self._tally(table, sessions, results, folders, timestamp)
+            clock.lap("tally")
+        except BaseException:
+            # A set-aside archive session comes back when its replacement never happened.
+            self._remove_empty_folders(folders)
+            for folder in folders:
+                self._restore_set_aside(folder)
+            raise
+        if self.options.cleanup:
+            self._cleanup(table, root)
+            clock.lap("cleanup")
+        return (walked, carried, carried_bytes, *table.stored_totals())
 
     def _relative(self, path: str) -> str:
         """``path`` relative to the request's folder, as errors name it."""
@@ -754,9 +793,31 @@ class ImportEngine:
                     if result.get("full") and full is None:
                         full = str(result["e"])
 
-        table.add_stored(stored())
+        try:
+            table.add_stored(stored())
+        except sqlite3.Error as exc:  # e.g. the temporary folder is on the full filesystem
+            # The request fails, so its copies go: found from the ledger in Redis instead.
+            kept = self._roll_back(
+                (
+                    (src, os.path.join(e["dir"], e["name"]))
+                    for src, e in self.store.iter_stored(self.request.id)
+                ),
+                folders,
+            )
+            raise ImportFailed(
+                f"the worker could not record the stored files ({type(exc).__name__}: {exc}); "
+                "the copies this request had written were removed"
+                f"{f', {kept} moved file(s) kept there' if kept else ''} and the sources "
+                "are untouched"
+            ) from exc
         if full is not None:
-            kept = self._roll_back(table, folders)
+            kept = self._roll_back(
+                (
+                    (path, os.path.join(self._scans[scan][0], name))
+                    for path, *_stat, _how, scan, name in table.stored()
+                ),
+                folders,
+            )
             raise ImportFailed(
                 f"the destination is full ({full}); the copies this request had written were "
                 f"removed{f', {kept} moved file(s) kept there' if kept else ''} and the "
@@ -792,15 +853,16 @@ class ImportEngine:
                 }
             )
 
-    def _roll_back(self, table: FileTable, folders: Sequence[Path]) -> int:
-        """Remove every stored file whose source still exists; return how many were kept."""
+    def _roll_back(self, stored: Iterable[tuple[str, str]], folders: Sequence[Path]) -> int:
+        """Remove each stored file (``(source, stored path)``) whose source still exists;
+        return how many were kept (moved: the stored file is the only copy)."""
         kept = 0
-        for path, _size, _mtime, _ino, _how, scan, name in table.stored():
-            if not os.path.lexists(path):
-                kept += 1  # moved: the stored file is the only copy
+        for source, target in stored:
+            if not os.path.lexists(source):
+                kept += 1
                 continue
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self._scans[scan][0], name))
+                os.unlink(target)
         self._remove_empty_folders(folders)
         for folder in folders:
             self._restore_set_aside(folder)
@@ -882,11 +944,10 @@ def _names(
     UID leaks into a name. Names taken are noted in the table, not in memory.
     """
     shared = table.shared_names(*series)
-    templates = rename or bool(shared)
+    if shared and not rename:  # the names that stay are taken before any template is made
+        table.claim_unique_names(scan, *series)
     for fid, original, *fields in table.series_files(*series):
         if not rename and original not in shared:
-            if templates:
-                table.claim_name(scan, original)
             yield fid, original
         elif anonymizing:
             yield fid, None

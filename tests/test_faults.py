@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -32,6 +33,7 @@ from example_app.demo import write_session
 from example_app.host import SqliteProjects, SqliteUsers
 from flask_dicom_inbox import DicomInbox, InboxState
 from flask_dicom_inbox.config import InboxConfig
+from flask_dicom_inbox.filetable import FileTable
 from flask_dicom_inbox.jobs import job_id_for
 from flask_dicom_inbox.requests import RequestStore
 from flask_dicom_inbox.storage import TEMP_PREFIX
@@ -395,6 +397,52 @@ def test_full_destination_disk_fails_cleanly(
         conn = state.redis
         for key in conn.scan_iter(match=f"{state.config.key_prefix}*"):
             conn.delete(key)
+
+
+# -- the request's file records cannot be written (their temporary folder is full) -----------
+def _disk_full(*_args: Any) -> None:
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+def test_file_records_that_cannot_be_kept_fail_the_request_before_any_copy(
+    app: Flask, client: FlaskClient, state: InboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(FileTable, "add_files", _disk_full)
+    folder = state.config.inbox_path / "test_proj" / "nowalk"
+    write_session(folder, series=1, files_per_series=3)
+    rid = _rid(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="nowalk", path=str(folder)))
+    run_worker(app)
+    record = state.store.get(rid)
+    assert record is not None and record.status == "Failed"
+    assert "could not keep this request's file records" in record.message, record.message
+    assert "database or disk is full" in record.message and "TMPDIR" in record.message
+    assert _written(state.config.prearchive_path) == []
+
+
+def test_stored_files_that_cannot_be_recorded_are_rolled_back_from_the_ledger(
+    app: Flask, client: FlaskClient, state: InboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file table fails after the store phase (its temporary file on the filesystem the
+    copies just filled, say): the request fails, and its copies, found from the Redis ledger,
+    are removed; the sources are untouched."""
+
+    def tally_then_fail(_table: FileTable, rows: Any) -> None:
+        for _row in rows:  # each stored file is tallied, as the real call would
+            pass
+        _disk_full()
+
+    monkeypatch.setattr(FileTable, "add_stored", tally_then_fail)
+    folder = state.config.inbox_path / "test_proj" / "norecord"
+    write_session(folder, series=2, files_per_series=3)
+    before = tree(folder)
+    rid = _rid(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="norecord", path=str(folder)))
+    run_worker(app)
+    record = state.store.get(rid)
+    assert record is not None and record.status == "Failed"
+    assert "could not record the stored files" in record.message, record.message
+    assert "copies this request had written were removed" in record.message
+    assert tree(folder) == before
+    assert _written(state.config.prearchive_path) == []
 
 
 # -- sources changed under a running import ---------------------------------------------------

@@ -18,6 +18,8 @@ from pydicom.data import get_testdata_file
 
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
+from flask_dicom_inbox.dicom import read_header
+from flask_dicom_inbox.naming import template_file_name
 
 from .conftest import auth, run_worker, submit, tree
 
@@ -322,6 +324,55 @@ def test_rename_names_files_by_xnat_template(
     assert len(names) == 2
     for name in names:
         assert re.fullmatch(re.escape(uid) + r"-1-[12]-[0-9a-z]+\.dcm", name), name
+
+
+def test_a_file_named_like_another_s_template_name_keeps_its_own(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
+    """Two files sharing a name take template names; a third file whose own name is the
+    first one's template keeps it, and the first takes the next free name."""
+    folder = inbox / "test_proj" / "clash"
+    generated = write_session(folder / "a", series=1, files_per_series=3, nested=False)
+    one, two, three = generated.files
+    (folder / "b").mkdir()
+    two.rename(folder / "b" / one.name)
+    template = template_file_name(read_header(one, max_inflated_bytes=1 << 20))
+    (folder / "c").mkdir()
+    three.rename(folder / "c" / template)
+    # Without anonymization the coordinator names the files (with it, each chunk's worker
+    # names them from the written header, and such a clash fails that one file).
+    rid = _request_id(
+        submit(client, PROJECT_ID="test_proj", EXPT_LABEL="clash", prevent_anon="true",
+               path=str(folder))
+    )  # fmt: skip
+    run_worker(app)
+    status = _status(client, rid)
+    assert status["status"] == "Completed", status
+    assert status["errors"] == []
+    assert status["progress"]["filesImported"] == 3
+    names = sorted(p.name for p in state.config.prearchive_path.rglob("*.dcm"))
+    assert template in names and f"2-{template}" in names, names
+
+
+def test_names_that_are_not_utf8_are_reported_and_skipped(
+    app: Flask, client: FlaskClient, inbox: Path, state: InboxState
+) -> None:
+    """os.walk gives such names as surrogates, which neither the file records nor Redis can
+    hold: each is reported with its odd bytes shown, the rest of the folder is imported."""
+    folder = inbox / "test_proj" / "latin1"
+    generated = write_session(folder, series=1, files_per_series=3, nested=False)
+    raw = os.fsencode(folder)
+    os.rename(generated.files[0], raw + b"/caf\xe9.dcm")
+    os.mkdir(raw + b"/s\xe9rie")
+    os.rename(generated.files[1], raw + b"/s\xe9rie/IM1.dcm")
+    rid = _request_id(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="latin1", path=str(folder)))
+    run_worker(app)
+    status = _status(client, rid)
+    assert status["status"] == "Completed", status
+    assert status["progress"]["filesImported"] == 1
+    reasons = {e["path"]: e["reason"] for e in status["errors"]}
+    assert set(reasons) == {"caf\\xe9.dcm", "s\\xe9rie"}, reasons
+    assert all("not valid UTF-8" in reason for reason in reasons.values())
 
 
 BUNDLED = {
