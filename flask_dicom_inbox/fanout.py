@@ -13,7 +13,6 @@ claim of an earlier run is alive, so an orphaned helper never races the retry.
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import time
@@ -80,12 +79,13 @@ class ChunkBoard:
         together: nobody takes one before that.
         """
         count = 0
-        for batch in _batches(payloads, _POST_BATCH):
-            pipe = self._r.pipeline(transaction=False)
-            for payload in batch:
-                pipe.set(self._k(f"chunk:{count}"), json.dumps(payload), ex=KEY_TTL)
-                count += 1
-            pipe.execute()
+        batch = self._r.pipeline(transaction=False)  # emptied by each execute()
+        for payload in payloads:
+            batch.set(self._k(f"chunk:{count}"), json.dumps(payload), ex=KEY_TTL)
+            count += 1
+            if count % _POST_BATCH == 0:
+                batch.execute()
+        batch.execute()
         pipe = self._r.pipeline(transaction=True)
         pipe.delete(self._k("pending"), self._k("done"))
         pipe.set(self._k("meta"), json.dumps(meta), ex=KEY_TTL)
@@ -212,12 +212,6 @@ def run_phase(
             return board.results()
         if not board.reclaim_lapsed():
             time.sleep(poll_seconds)
-
-
-def _batches(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
 
 
 def begin_run(

@@ -1,19 +1,19 @@
 """The import engine: walk, read headers, group into sessions and scans, store, clean up.
 
 Its record of each file (path, stat, a few header fields, target, outcome) lives in a
-:class:`~.filetable.FileTable` on disk, never in Python objects, and datasets are never kept, so
-memory stays flat with the session's size. The two heavy phases, reading headers and storing files,
-run in chunks through a *phase runner* (:mod:`.fanout`): any worker sharing the Redis may take
-a chunk, so one large request uses every worker. Each stored file goes through a temporary
-name; a chunk's files are made durable with one filesystem sync, then published under their
-names (see :mod:`.storage`). Sources are deleted only after every imported file is durable,
-and only when unchanged since the scan.
+:class:`~.filetable.FileTable` (SQLite's temporary database, at most 4 MB of it in memory), not
+in Python objects, and datasets are never kept, so memory stays flat with the session's size.
+The two heavy phases, reading headers and storing files, run in chunks through a *phase
+runner* (:mod:`.fanout`): any worker sharing the Redis may take a chunk, so one large request
+uses every worker. Each stored file goes through a temporary name; a chunk's files are made
+durable with one filesystem sync, then published under their names (see :mod:`.storage`).
+Sources are deleted only after every imported file is durable, and only when unchanged since
+the scan.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import itertools
 import logging
@@ -38,7 +38,7 @@ from .dicom import (
     read_header,
 )
 from .errors import ImportFailed
-from .filetable import FileTable
+from .filetable import HEADER_FIELDS, FileTable
 from .naming import scan_folder_name, session_label, subject_label, template_file_name
 from .protocols import Destination, SessionStorage
 from .requests import ImportRequest, RequestStore
@@ -193,7 +193,7 @@ def walk_files(root: Path, report: ProgressReporter) -> Iterator[ScannedFile]:
             if os.path.islink(os.path.join(dirpath, name)):
                 report.error(_shown(prefix + name), "symbolic link skipped (not followed)")
             elif not _utf8(name):
-                report.error(_shown(prefix + name), _NOT_UTF8 + " (with all it holds)")
+                report.error(_shown(prefix + name), _NOT_UTF8_FOLDER)
                 dirs.remove(name)
         dirs.sort()
         for name in sorted(names):
@@ -208,14 +208,15 @@ def walk_files(root: Path, report: ProgressReporter) -> Iterator[ScannedFile]:
             elif not stat.S_ISREG(st.st_mode):
                 report.error(_shown(prefix + name), "not a regular file (device, FIFO or socket)")
             elif not _utf8(name):
-                report.error(_shown(prefix + name), _NOT_UTF8)
+                report.error(_shown(prefix + name), _NOT_UTF8_FILE)
             elif name.startswith(TEMP_PREFIX):
                 continue
             else:
                 yield ScannedFile(path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-_NOT_UTF8 = "name is not valid UTF-8: skipped; rename it to import it"
+_NOT_UTF8_FILE = "file name is not valid UTF-8: skipped; rename it to import it"
+_NOT_UTF8_FOLDER = "folder name is not valid UTF-8: skipped with all it holds; rename it"
 
 
 def _utf8(name: str) -> bool:
@@ -261,12 +262,9 @@ def read_header_chunk(
             out.append({"e": f"cannot read: {exc.strerror or exc}"})
             report.add(filesDone=1, filesSkipped=1)
             continue
-        out.append({"h": {name: getattr(header, name) for name in _HEADER_FIELDS}})
+        out.append({"h": {name: getattr(header, name) for name in HEADER_FIELDS}})
     report.flush()
     return out
-
-
-_HEADER_FIELDS = tuple(f.name for f in dataclasses.fields(DicomHeader))
 
 
 class FileStorer:
