@@ -104,8 +104,7 @@ class FileTable:
 
     # -- files an earlier, killed run of the request stored --------------------------------
     def add_ledger(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> int:
-        """The request's ledger (source path -> stored file); returns how many entries."""
-        before = self._scalar("SELECT COUNT(*) FROM ledger")
+        """The request's ledger (source path -> stored file); returns how many entries it has."""
         self._db.executemany(
             "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
@@ -114,7 +113,7 @@ class FileTable:
                 for src, e in entries
             ),
         )  # fmt: skip
-        return int(self._scalar("SELECT COUNT(*) FROM ledger")) - int(before)
+        return int(self._scalar("SELECT COUNT(*) FROM ledger"))
 
     def keep_carried(self, exists: Callable[[str, str], bool]) -> None:
         """Keep in the ledger only the files this run must count without seeing them: those
