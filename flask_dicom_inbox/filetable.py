@@ -177,17 +177,16 @@ class FileTable:
             )
         ]
 
-    def series(self) -> list[tuple[str, str, str, str, int]]:
-        """``(study, label, series UID, SeriesNumber of its first file, file count)`` of each
-        series."""
+    def series(self) -> list[tuple[str, str, str, str]]:
+        """``(study, label, series UID, SeriesNumber of its first file)`` of each series."""
         self._db.execute(
             "CREATE INDEX IF NOT EXISTS headers_series ON headers "
             "(study_instance_uid, label, series_instance_uid, id)"
         )
         return [
-            (study, label, series, number, count)
-            for study, label, series, number, count, _first in self._db.execute(
-                "SELECT study_instance_uid, label, series_instance_uid, series_number, COUNT(*), "
+            (study, label, series, number)
+            for study, label, series, number, _first in self._db.execute(
+                "SELECT study_instance_uid, label, series_instance_uid, series_number, "
                 "MIN(id) FROM headers GROUP BY study_instance_uid, label, series_instance_uid "
                 "ORDER BY MIN(id)"
             )

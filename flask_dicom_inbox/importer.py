@@ -90,11 +90,10 @@ class ScannedFile:
 
 @dataclass
 class ScanGroup:
-    """One series of one session: its scan folder name and how many files it has."""
+    """One series of one session and its scan folder name."""
 
     folder: str
     series_instance_uid: str
-    file_count: int = 0
 
 
 @dataclass
@@ -105,10 +104,6 @@ class SessionGroup:
     subject: str
     study_instance_uid: str
     scans: dict[str, ScanGroup] = field(default_factory=dict)
-
-    @property
-    def file_count(self) -> int:
-        return sum(s.file_count for s in self.scans.values())
 
 
 @dataclass(frozen=True)
@@ -498,21 +493,19 @@ def group_sessions(
         (study, label): SessionGroup(label=label, subject=subject, study_instance_uid=study)
         for study, label, subject in table.sessions()
     }
-    for study, label, series_uid, number, count in sorted(table.series(), key=_series_order):
+    for study, label, series_uid, number in sorted(table.series(), key=_series_order):
         session = sessions[(study, label)]
         base = scan_folder_name(number)
         name, n = base, 1
         while name in session.scans:
             n += 1
             name = f"{base}-{n}"
-        session.scans[name] = ScanGroup(
-            folder=name, series_instance_uid=series_uid, file_count=count
-        )
+        session.scans[name] = ScanGroup(folder=name, series_instance_uid=series_uid)
     return list(sessions.values())
 
 
-def _series_order(series: tuple[str, str, str, str, int]) -> tuple[str, str, int, str]:
-    study, label, series_uid, number, _count = series
+def _series_order(series: tuple[str, str, str, str]) -> tuple[str, str, int, str]:
+    study, label, series_uid, number = series
     try:
         numeric = int(number)
     except ValueError:

@@ -318,6 +318,3 @@ class RequestStore:
         a 50,000-file request would otherwise decode the whole ledger at once)."""
         for key, value in self.redis.hscan_iter(self._key(request_id, ":stored"), count=1000):
             yield (key.decode() if isinstance(key, bytes) else str(key)), json.loads(value)
-
-    def stored_files(self, request_id: int) -> dict[str, dict[str, Any]]:
-        return dict(self.iter_stored(request_id))

@@ -203,7 +203,7 @@ def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_ret
     with pytest.raises(_Killed):
         execute_import(state, rid, None)
     assert not session.exists()  # the cleanup ran: the ledger is all that is left
-    assert len(state.store.stored_files(rid)) == 10
+    assert len(dict(state.store.iter_stored(rid))) == 10
     monkeypatch.undo()
 
     assert execute_import(state, rid, None) == COMPLETED
@@ -211,5 +211,5 @@ def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_ret
     assert after is not None and after.errors == []
     assert after.progress["filesImported"] == 10
     assert sum(int(s["files"]) for s in after.sessions) == 10
-    assert state.store.stored_files(rid) == {}  # forgotten once the outcome is recorded
+    assert dict(state.store.iter_stored(rid)) == {}  # forgotten once the outcome is recorded
     state.queue.empty()  # the helper jobs nobody took

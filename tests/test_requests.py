@@ -197,9 +197,9 @@ def test_the_ledger_of_stored_files_lasts_until_the_request_ends(
     store.set_status(record.id, QUEUED)  # recovered for a retry: still unfinished
     store.set_status(record.id, ACCEPTED)
     store.set_status(record.id, IMPORTING)
-    assert store.stored_files(record.id) == {"/inbox/p/a.dcm": entry}
+    assert dict(store.iter_stored(record.id)) == {"/inbox/p/a.dcm": entry}
     store.set_status(record.id, final)
-    assert store.stored_files(record.id) == {}
+    assert dict(store.iter_stored(record.id)) == {}
 
 
 def test_progress_from_two_connections_adds_up(
