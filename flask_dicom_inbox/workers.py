@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from rq import SimpleWorker, Worker
+from rq.exceptions import StopRequested
 from rq.worker import BaseWorker
 
 from .recovery import recover
@@ -29,6 +30,8 @@ class _RecoveringMixin:
         super().run_maintenance_tasks()  # type: ignore[misc]
         try:
             requeued = recover(self.inbox_state)
+        except StopRequested:  # SIGTERM during the pass: RQ's loop must see it, or it runs on
+            raise
         except Exception:  # a failed pass is retried at the next one; the worker goes on
             log.exception("dicom-inbox: recovery pass failed")
             return

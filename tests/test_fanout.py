@@ -193,7 +193,11 @@ def test_three_worker_processes_share_one_import(
         for worker in workers:
             worker.terminate()
         for worker in workers:
-            worker.wait(20)
+            try:
+                worker.wait(20)  # RQ's warm shutdown: an idle worker stops at once
+            except subprocess.TimeoutExpired:
+                worker.kill()  # never left running into the next test
+                raise
     assert sum(int(n or 0) for n in helper_chunks) > 0, "helper jobs took chunks"
     written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
     assert not [p for p in written if p.name.startswith(TEMP_PREFIX)]

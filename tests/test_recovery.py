@@ -213,3 +213,27 @@ def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_ret
     assert sum(int(s["files"]) for s in after.sessions) == 10
     assert dict(state.store.iter_stored(rid)) == {}  # forgotten once the outcome is recorded
     state.queue.empty()  # the helper jobs nobody took
+
+
+def test_a_worker_told_to_stop_during_a_recovery_pass_stops_before_its_next_job(
+    state: InboxState, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM lands in a recovery pass (every lease period while idle, so often): RQ raises
+    StopRequested there, and the pass's own error guard must not swallow it."""
+    from flask_dicom_inbox import workers
+
+    def recover_after_sigterm(pass_state: InboxState) -> list[int]:
+        monkeypatch.setattr(workers, "recover", recover)  # one signal, on the first pass
+        os.kill(os.getpid(), signal.SIGTERM)
+        return recover(pass_state)
+
+    monkeypatch.setattr(workers, "recover", recover_after_sigterm)
+    job = state.queue.enqueue(os.getcwd)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        workers.make_worker(state, simple=True).work(burst=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert job.get_status(refresh=True) == "queued", "the worker stopped before taking a job"
+    assert state.queue.job_ids == [job.id]
