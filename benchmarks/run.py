@@ -531,6 +531,29 @@ class Bench:
                 shutil.rmtree(folder, ignore_errors=True)
         self.row(method, times, baseline, peak_kb=peak)
 
+    def _scale_import(self, site: Site, folder: Path, label: str, size: int) -> tuple[float, int]:
+        """One timed import of ``folder``: its seconds and the workers' peak RSS (kB)."""
+        with site.monitor() as mon:
+            t0 = time.perf_counter()
+            rid = site.post(folder, label, cleanup=False, anon=False)
+            record = site.wait(rid, timeout=60 + size * 0.5)
+            seconds = time.perf_counter() - t0
+        site.check(record, size)
+        site.clear_outputs()
+        subprocess.run(["sync"], check=True)
+        return seconds, mon.peak_kb
+
+    def _cp_sync(self, folder: Path) -> float:
+        """One timed ``cp -r`` + ``sync`` of ``folder``, the copy then removed (and synced)."""
+        dst = self.work / "scale-cp"
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-r", str(folder), str(dst)], check=True)
+        subprocess.run(["sync"], check=True)
+        seconds = time.perf_counter() - t0
+        shutil.rmtree(dst)
+        subprocess.run(["sync"], check=True)
+        return seconds
+
     def bench_scale(self, site: Site) -> None:
         sizes = sorted(
             {s for s in (1000, 2000, 5000, 10000, 20000, 50000) if s < self.files} | {self.files}
@@ -538,37 +561,43 @@ class Bench:
         rows = self.args.scale_rows
         lines = [
             f"size scaling (import copy mode, no anonymization, fresh workers per size; "
-            f"{rows}x{rows} pixels per file, so that 50,000 files fit the disk three times):",
-            f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'files/s':>8}  peak RSS",
+            f"{rows}x{rows} pixels per file, so that 50,000 files fit the disk three times; "
+            "each run also times `cp -r` + `sync` of the same folder, in alternating order, "
+            "since the disk's cost of creating a file drifts between runs):",
+            f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'files/s':>8}  "
+            f"{'cp+sync s':>9}  {'ratio':>6}  peak RSS",
         ]
         per_file: list[float] = []
+        ratios: list[float] = []
         peaks: list[int] = []
         for size in sizes:
             src = self.base / (f"data-{size}" if rows == 512 else f"data-{size}-{rows}px")
             made = generate(src, size, rows=rows, columns=rows)
             site.start_workers(self.args.workers)
             times: list[float] = []
+            copies: list[float] = []
             peak = 0
-            for _ in range(self.runs):
+            for run in range(self.runs):
                 label = f"s{uuid.uuid4().hex[:8]}"
                 folder = site.inbox / PROJECT / label
                 fresh_copy(src, folder)
                 warm(folder)
-                with site.monitor() as mon:
-                    t0 = time.perf_counter()
-                    rid = site.post(folder, label, cleanup=False, anon=False)
-                    record = site.wait(rid, timeout=60 + size * 0.5)
-                    times.append(time.perf_counter() - t0)
-                peak = max(peak, mon.peak_kb)
-                site.check(record, size)
-                site.clear_outputs()
+                for step in ("import", "cp") if run % 2 == 0 else ("cp", "import"):
+                    if step == "cp":
+                        copies.append(self._cp_sync(folder))
+                        continue
+                    seconds, run_peak = self._scale_import(site, folder, label, size)
+                    times.append(seconds)
+                    peak = max(peak, run_peak)
                 shutil.rmtree(folder, ignore_errors=True)
             sec = statistics.median(times)
+            cp_sec = statistics.median(copies)
             per_file.append(sec / size)
+            ratios.append(sec / cp_sec)
             peaks.append(peak)
             lines.append(
                 f"{size:>7}  {made.bytes / 1e6:>6.0f}  {sec:>8.2f}  {sec / size * 1000:>8.3f}  "
-                f"{size / sec:>8.0f}  {peak / 1024:.0f} MB"
+                f"{size / sec:>8.0f}  {cp_sec:>9.2f}  {sec / cp_sec:>5.2f}x  {peak / 1024:.0f} MB"
             )
             print(lines[-1], flush=True)
         self.results.extra.extend(lines)
@@ -590,6 +619,13 @@ class Bench:
                 self.results,
                 "time per file flat across sizes (largest/smallest <= 1.25)",
                 max(per_file) / min(per_file),
+                lambda v: v <= 1.25,
+            )
+            target(
+                self.results,
+                "time per file relative to cp -r + sync flat across sizes "
+                "(largest/smallest ratio <= 1.25)",
+                max(ratios) / min(ratios),
                 lambda v: v <= 1.25,
             )
 

@@ -31,6 +31,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
+from rq.timeouts import JobTimeoutException
 
 from . import raw_header
 from .raw_header import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END
@@ -111,6 +112,8 @@ def read_header(path: str | Path, *, max_inflated_bytes: int) -> DicomHeader:
                 ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
             raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
+        except JobTimeoutException:  # the job's own timeout, not the file's fault
+            raise
         except Exception as exc:  # pydicom raises many types on junk; none may stop a request
             raise NotImportable(
                 f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})"
@@ -207,6 +210,8 @@ def _header_from(ds: Dataset) -> DicomHeader:
     try:
         sop_class = _ascii(ds, "SOPClassUID")
         sop_instance = _ascii(ds, "SOPInstanceUID")
+    except JobTimeoutException:
+        raise
     except Exception as exc:  # a forced read of junk can fail on first element access
         raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
     if not sop_instance or not sop_class:
@@ -531,6 +536,8 @@ def _header_and_pixel_tail(
     fp.seek(0)
     try:
         ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
+    except JobTimeoutException:
+        raise
     except Exception:  # the full read reports it
         return None
     offset = fp.tell()

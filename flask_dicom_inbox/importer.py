@@ -30,6 +30,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from rq.timeouts import JobTimeoutException
+
 from .dicom import (
     DicomHeader,
     NotImportable,
@@ -308,6 +310,8 @@ class FileStorer:
                         results[idx]["full"] = True  # type: ignore[index]
                         full = True
                         break
+                except JobTimeoutException:  # the job's own timeout: it ends the job
+                    raise
                 except Exception as exc:  # a script or pydicom fault on one file only
                     results[idx] = {"e": f"cannot process: {type(exc).__name__}: {exc}"}
             if full:

@@ -17,6 +17,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from rq.timeouts import JobTimeoutException
+
 from .errors import BadRequest
 
 if TYPE_CHECKING:
@@ -94,6 +96,8 @@ def finish_source(
     if isinstance(handler, FinishingHandler):
         try:
             handler.finish(request, config, outcome == COMPLETED)
+        except JobTimeoutException:
+            raise
         except Exception:
             log.exception("dicom-inbox: finishing request %s failed", request.id)
     return outcome
