@@ -539,20 +539,22 @@ class Bench:
             record = site.wait(rid, timeout=60 + size * 0.5)
             seconds = time.perf_counter() - t0
         site.check(record, size)
-        site.clear_outputs()
-        subprocess.run(["sync"], check=True)
         return seconds, mon.peak_kb
 
-    def _cp_sync(self, folder: Path) -> float:
-        """One timed ``cp -r`` + ``sync`` of ``folder``, the copy then removed (and synced)."""
-        dst = self.work / "scale-cp"
+    def _cp_sync(self, folder: Path, dst: Path) -> float:
+        """One timed ``cp -r`` + ``sync`` of ``folder`` to ``dst``."""
         t0 = time.perf_counter()
         subprocess.run(["cp", "-r", str(folder), str(dst)], check=True)
         subprocess.run(["sync"], check=True)
-        seconds = time.perf_counter() - t0
-        shutil.rmtree(dst)
+        return time.perf_counter() - t0
+
+    def _delete(self, site: Site, folders: list[Path]) -> None:
+        """Remove the scaling runs' inbox folders, copies and imported sessions (then sync)."""
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+        folders.clear()
+        site.clear_outputs()
         subprocess.run(["sync"], check=True)
-        return seconds
 
     def bench_scale(self, site: Site) -> None:
         sizes = sorted(
@@ -560,8 +562,9 @@ class Bench:
         )
         rows = self.args.scale_rows
         lines = [
-            f"size scaling (import copy mode, no anonymization, fresh workers per size; "
-            f"{rows}x{rows} pixels per file, so that 50,000 files fit the disk three times; "
+            f"size scaling (import copy mode, no anonymization, fresh workers and one untimed "
+            "import per size; "
+            f"{rows}x{rows} pixels per file, as 50,000 CT-sized files would be 26 GB; "
             "each run also times `cp -r` + `sync` of the same folder, in alternating order, "
             "since the disk's cost of creating a file drifts between runs):",
             f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'files/s':>8}  "
@@ -570,6 +573,20 @@ class Bench:
         per_file: list[float] = []
         ratios: list[float] = []
         peaks: list[int] = []
+        # Files are deleted only after the last size: on this benchmark's disk (ext4 mounted
+        # with `discard`, a virtual disk) files created after a large delete cost 4-5x more
+        # than after none, and which run followed a delete decided the median (docs/
+        # performance.md). Kept, the table needs room for every copy of every size.
+        rows_mb = sum(size for size in sizes) * (rows * rows * 2 + 2000) / 1e6
+        kept_copies = 3 * self.runs + 2  # inbox folder, cp copy and import of each run and warm-up
+        keep = shutil.disk_usage(self.base).free / 1e6 > kept_copies * rows_mb * 1.2
+        lines[0] = lines[0].replace(
+            "):",
+            "; nothing deleted until the table ends):"
+            if keep
+            else "; each run's files deleted after it, as the disk is too small to keep them):",
+        )
+        leftovers: list[Path] = []
         for size in sizes:
             src = self.base / (f"data-{size}" if rows == 512 else f"data-{size}-{rows}px")
             made = generate(src, size, rows=rows, columns=rows)
@@ -577,19 +594,29 @@ class Bench:
             times: list[float] = []
             copies: list[float] = []
             peak = 0
+            # One untimed import first: the first run after the workers' start was the slowest
+            # of each size in its store phase (by 1.4-2x), whatever its order against cp.
+            warmup = site.inbox / PROJECT / f"w{uuid.uuid4().hex[:8]}"
+            fresh_copy(src, warmup)
+            warm(warmup)
+            peak = self._scale_import(site, warmup, warmup.name, size)[1]
+            leftovers.append(warmup)
             for run in range(self.runs):
                 label = f"s{uuid.uuid4().hex[:8]}"
                 folder = site.inbox / PROJECT / label
                 fresh_copy(src, folder)
                 warm(folder)
+                dst = self.work / f"scale-cp-{label}"
                 for step in ("import", "cp") if run % 2 == 0 else ("cp", "import"):
                     if step == "cp":
-                        copies.append(self._cp_sync(folder))
+                        copies.append(self._cp_sync(folder, dst))
                         continue
                     seconds, run_peak = self._scale_import(site, folder, label, size)
                     times.append(seconds)
                     peak = max(peak, run_peak)
-                shutil.rmtree(folder, ignore_errors=True)
+                leftovers += [folder, dst]
+                if not keep:
+                    self._delete(site, leftovers)
             sec = statistics.median(times)
             cp_sec = statistics.median(copies)
             per_file.append(sec / size)
@@ -600,6 +627,7 @@ class Bench:
                 f"{size / sec:>8.0f}  {cp_sec:>9.2f}  {sec / cp_sec:>5.2f}x  {peak / 1024:.0f} MB"
             )
             print(lines[-1], flush=True)
+        self._delete(site, leftovers)
         self.results.extra.extend(lines)
         target(
             self.results,
