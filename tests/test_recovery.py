@@ -237,3 +237,4 @@ def test_a_worker_told_to_stop_during_a_recovery_pass_stops_before_its_next_job(
             signal.signal(sig, handler)
     assert job.get_status(refresh=True) == "queued", "the worker stopped before taking a job"
     assert state.queue.job_ids == [job.id]
+    state.queue.empty()  # and the job with it
