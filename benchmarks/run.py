@@ -532,8 +532,10 @@ class Bench:
         self.row(method, times, baseline, peak_kb=peak)
 
     def _scale_import(self, site: Site, folder: Path, label: str, size: int) -> tuple[float, int]:
-        """One timed import of ``folder``: its seconds and the workers' peak RSS (kB)."""
-        with site.monitor() as mon:
+        """One timed import of ``folder``: its seconds and the peak RSS (kB) of this import's
+        work-horses and of the workers meanwhile (their current RSS: a worker's lifetime peak
+        would carry a larger size's peak over to the sizes measured after it)."""
+        with site.monitor(parents_current=True) as mon:
             t0 = time.perf_counter()
             rid = site.post(folder, label, cleanup=False, anon=False)
             record = site.wait(rid, timeout=60 + size * 0.5)
@@ -556,6 +558,12 @@ class Bench:
         site.clear_outputs()
         subprocess.run(["sync"], check=True)
 
+    def _scale_copy(self, site: Site, src: Path, prefix: str) -> Path:
+        folder = site.inbox / PROJECT / f"{prefix}{uuid.uuid4().hex[:8]}"
+        fresh_copy(src, folder)
+        warm(folder)
+        return folder
+
     def bench_scale(self, site: Site) -> None:
         sizes = sorted(
             {s for s in (1000, 2000, 5000, 10000, 20000, 50000) if s < self.files} | {self.files}
@@ -574,53 +582,58 @@ class Bench:
             else "each run's files deleted after it, as the disk is too small to keep them"
         )
         lines = [
-            f"size scaling (import copy mode, no anonymization, fresh workers and one untimed "
-            f"import per size; {rows}x{rows} pixels per file, as 50,000 CT-sized files would be "
-            "26 GB; each run also times `cp -r` + `sync` of the same folder, in alternating "
-            f"order, since the disk's cost of creating a file drifts between runs; {deletes}):",
+            f"size scaling (import copy mode, no anonymization; {rows}x{rows} pixels per file, as "
+            "50,000 CT-sized files would be 26 GB; the same workers throughout, one untimed "
+            "import of each size first, then the runs round-robin over the sizes (ascending, "
+            "then descending), so the disk's drift reaches every size alike; each run also times "
+            "`cp -r` + `sync` of the same folder, before or after the import in turn; peak RSS: "
+            f"the work-horses' peak and the workers' RSS during the size's imports; {deletes}):",
             f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'files/s':>8}  "
             f"{'cp+sync s':>9}  {'ratio':>6}  peak RSS",
         ]
-        per_file: list[float] = []
-        peaks: list[int] = []
-        leftovers: list[Path] = []
+        sources: dict[int, tuple[Path, int]] = {}  # size -> (folder, bytes)
         for size in sizes:
             src = self.base / (f"data-{size}" if rows == 512 else f"data-{size}-{rows}px")
-            made = generate(src, size, rows=rows, columns=rows)
-            site.start_workers(self.args.workers)
-            times: list[float] = []
-            copies: list[float] = []
-            peak = 0
-            # One untimed import first: the first run after the workers' start was the slowest
-            # of each size in its store phase (by 1.4-2x), whatever its order against cp.
-            warmup = site.inbox / PROJECT / f"w{uuid.uuid4().hex[:8]}"
-            fresh_copy(src, warmup)
-            warm(warmup)
-            peak = self._scale_import(site, warmup, warmup.name, size)[1]
+            sources[size] = (src, generate(src, size, rows=rows, columns=rows).bytes)
+        times: dict[int, list[float]] = {size: [] for size in sizes}
+        copies: dict[int, list[float]] = {size: [] for size in sizes}
+        peaks: dict[int, int] = {}
+        leftovers: list[Path] = []
+        site.start_workers(self.args.workers)
+        # One untimed import of each size first: the first import after the workers' start
+        # was the slowest of its size (by 1.4-2x, in its store phase).
+        for size in sizes:
+            warmup = self._scale_copy(site, sources[size][0], "w")
+            peaks[size] = self._scale_import(site, warmup, warmup.name, size)[1]
             leftovers.append(warmup)
-            for run in range(self.runs):
-                label = f"s{uuid.uuid4().hex[:8]}"
-                folder = site.inbox / PROJECT / label
-                fresh_copy(src, folder)
-                warm(folder)
-                dst = self.work / f"scale-cp-{label}"
-                for step in ("import", "cp") if run % 2 == 0 else ("cp", "import"):
+        for run in range(self.runs):
+            for size in sizes if run % 2 == 0 else sizes[::-1]:
+                folder = self._scale_copy(site, sources[size][0], "s")
+                dst = self.work / f"scale-cp-{folder.name}"
+                for step in ("import", "cp") if (run + size) % 2 == 0 else ("cp", "import"):
                     if step == "cp":
-                        copies.append(self._cp_sync(folder, dst))
+                        copies[size].append(self._cp_sync(folder, dst))
                         continue
-                    seconds, run_peak = self._scale_import(site, folder, label, size)
-                    times.append(seconds)
-                    peak = max(peak, run_peak)
+                    seconds, run_peak = self._scale_import(site, folder, folder.name, size)
+                    times[size].append(seconds)
+                    peaks[size] = max(peaks[size], run_peak)
+                print(
+                    f"  run {run + 1}, {size} files: import {times[size][-1]:.2f} s, "
+                    f"cp -r + sync {copies[size][-1]:.2f} s",
+                    flush=True,
+                )
                 leftovers += [folder, dst]
                 if not keep:
                     self._delete(site, leftovers)
-            sec = statistics.median(times)
-            cp_sec = statistics.median(copies)
+        per_file: list[float] = []
+        for size in sizes:
+            sec = statistics.median(times[size])
+            cp_sec = statistics.median(copies[size])
             per_file.append(sec / size)
-            peaks.append(peak)
             lines.append(
-                f"{size:>7}  {made.bytes / 1e6:>6.0f}  {sec:>8.2f}  {sec / size * 1000:>8.3f}  "
-                f"{size / sec:>8.0f}  {cp_sec:>9.2f}  {sec / cp_sec:>5.2f}x  {peak / 1024:.0f} MB"
+                f"{size:>7}  {sources[size][1] / 1e6:>6.0f}  {sec:>8.2f}  "
+                f"{sec / size * 1000:>8.3f}  {size / sec:>8.0f}  {cp_sec:>9.2f}  "
+                f"{sec / cp_sec:>5.2f}x  {peaks[size] / 1024:.0f} MB"
             )
             print(lines[-1], flush=True)
         self._delete(site, leftovers)
@@ -628,7 +641,7 @@ class Bench:
         target(
             self.results,
             "worker peak RSS < 200 MB at the largest size (MB)",
-            peaks[-1] / 1024,
+            peaks[sizes[-1]] / 1024,
             lambda v: v < 200,
             "{:.0f}",
         )
@@ -636,7 +649,7 @@ class Bench:
             target(
                 self.results,
                 "peak RSS flat across sizes (largest/smallest <= 1.25)",
-                max(peaks) / max(1, min(peaks)),
+                max(peaks.values()) / max(1, min(peaks.values())),
                 lambda v: v <= 1.25,
             )
             target(
@@ -714,21 +727,26 @@ def _free_port() -> int:
 
 
 class _Monitor:
-    """Peak RSS (VmHWM) of the worker processes and their work-horses, polled every 20 ms."""
+    """Peak RSS (VmHWM) of the worker processes and their work-horses, polled every 20 ms.
 
-    def __init__(self, pids: list[int]) -> None:
+    With ``parents_current`` the workers themselves count by their current RSS (VmRSS) at
+    each poll, so the figure covers only what happened while the monitor ran.
+    """
+
+    def __init__(self, pids: list[int], *, parents_current: bool = False) -> None:
         self.pids = pids
+        self.parents_current = parents_current
         self.peak_kb = 0
         self.per_pid: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     @staticmethod
-    def _hwm(pid: int) -> int:
+    def _hwm(pid: int, field: str = "VmHWM:") -> int:
         try:
             with open(f"/proc/{pid}/status") as fh:
                 for line in fh:
-                    if line.startswith("VmHWM:"):
+                    if line.startswith(field):
                         return int(line.split()[1])
         except OSError:
             pass
@@ -746,7 +764,8 @@ class _Monitor:
         todo = list(self.pids)
         while todo:
             pid = todo.pop()
-            hwm = self._hwm(pid)
+            current = self.parents_current and pid in self.pids
+            hwm = self._hwm(pid, "VmRSS:" if current else "VmHWM:")
             self.peak_kb = max(self.peak_kb, hwm)
             self.per_pid[pid] = max(self.per_pid.get(pid, 0), hwm)
             todo.extend(self._children(pid))
@@ -892,8 +911,8 @@ class Site:
                 raise RuntimeError(f"workers did not start; see {self.root / 'site.log'}")
             time.sleep(0.05)
 
-    def monitor(self) -> _Monitor:
-        return _Monitor([p.pid for p in self.workers])
+    def monitor(self, *, parents_current: bool = False) -> _Monitor:
+        return _Monitor([p.pid for p in self.workers], parents_current=parents_current)
 
     def idle(self) -> None:
         """Wait until no worker has a job (so a latency figure starts from idle workers)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
+from rq import Worker
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
@@ -313,7 +314,9 @@ def _phase_runner(state: InboxState, record: ImportRequest, run: str) -> PhaseRu
             payloads,
             meta,
             chunk_work(state, record, phase, meta),
-            start_helpers=lambda n: enqueue_helpers(state, record, run, phase, n),
+            start_helpers=lambda n: enqueue_helpers(
+                state, record, run, phase, min(n, max(1, idle_workers(state)))
+            ),
             max_helpers=state.config.helper_jobs,
         )
 
@@ -337,6 +340,19 @@ def chunk_work(
             ledger=functools.partial(state.store.add_stored, record.id),
         )
     raise ValueError(f"unknown phase {phase!r}")
+
+
+def idle_workers(state: InboxState) -> int:
+    """About how many workers of the import queue could take a helper job now.
+
+    Workers registered on the queue less the jobs running from it (this import's own among
+    them). Each helper job costs a worker a fork even when it finds nothing left to do, and a
+    worker busy with surplus helpers of one phase joins the next phase late: a 1,000-file
+    import with 2 workers used to queue 3 helpers per phase where 1 could run.
+    """
+    workers = Worker.count(connection=state.redis, queue=state.queue)
+    running = int(state.queue.started_job_registry.get_job_count(cleanup=False))
+    return max(0, workers - running)
 
 
 def enqueue_helpers(

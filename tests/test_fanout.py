@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from rq import Worker
 from rq.job import Job
 from rq.registry import FinishedJobRegistry
 
@@ -28,6 +29,7 @@ from flask_dicom_inbox.fanout import (
     run_phase,
     work_through,
 )
+from flask_dicom_inbox.service import idle_workers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
 from .conftest import auth, run_worker, submit
@@ -122,7 +124,11 @@ def test_a_new_run_waits_for_the_live_claims_of_the_old_one(state: InboxState) -
 def test_small_chunks_and_helpers_in_one_worker_import_every_file_once(
     app: Flask, client: FlaskClient, inbox: Path, state: InboxState
 ) -> None:
-    """Chunks of 7 files over two phases; helper jobs queued behind find nothing to do."""
+    """Chunks of 7 files over two phases; helper jobs queued behind find nothing to do.
+
+    The only worker runs the request, so no worker is idle: each phase queues one helper job
+    (for a worker that may come free), not one per chunk up to DICOM_INBOX_HELPER_JOBS.
+    """
     app.config["DICOM_INBOX_CHUNK_FILES"] = 7
     app.config["DICOM_INBOX_HELPER_JOBS"] = 2
     from flask_dicom_inbox.config import InboxConfig
@@ -141,6 +147,31 @@ def test_small_chunks_and_helpers_in_one_worker_import_every_file_once(
     assert len(written) == 60
     assert sorted(p.name for p in written) == sorted(p.name for p in generated.files)
     assert not state.redis.keys(f"{state.config.key_prefix}request:*:run*"), "runs cleaned up"
+    helpers = FinishedJobRegistry(queue=state.queue).get_job_ids()
+    assert len([j for j in helpers if "-headers-" in j]) == 1, helpers
+    assert len([j for j in helpers if "-store-" in j]) == 1, helpers
+
+
+def test_idle_workers_counts_the_queue_s_workers_less_its_running_jobs(
+    state: InboxState,
+) -> None:
+    assert idle_workers(state) == 0
+    workers = [
+        Worker([state.queue], connection=state.redis, name=f"idle-{n}-{os.getpid()}")
+        for n in range(3)
+    ]
+    for worker in workers:
+        worker.register_birth()
+    try:
+        assert idle_workers(state) == 3
+        job = state.queue.enqueue(len, "x")
+        workers[0].prepare_execution(job)  # RQ's own step: the job enters the started registry
+        assert idle_workers(state) == 2
+        job.delete()
+    finally:
+        for worker in workers:
+            worker.register_death()
+    assert idle_workers(state) == 0
 
 
 def _env(app_config: dict[str, Any], **extra: Any) -> dict[str, str]:
