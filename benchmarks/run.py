@@ -610,7 +610,7 @@ class Bench:
             for size in sizes if run % 2 == 0 else sizes[::-1]:
                 folder = self._scale_copy(site, sources[size][0], "s")
                 dst = self.work / f"scale-cp-{folder.name}"
-                for step in ("import", "cp") if (run + size) % 2 == 0 else ("cp", "import"):
+                for step in ("import", "cp") if run % 2 == 0 else ("cp", "import"):
                     if step == "cp":
                         copies[size].append(self._cp_sync(folder, dst))
                         continue
