@@ -40,6 +40,15 @@ return i
 """
 
 
+class RunSuperseded(Exception):
+    """This run no longer holds its request: its lease lapsed (the work-horse was stopped, or
+    cut off from Redis, for longer than the lease), so another run may have begun.
+
+    The run stops where it is and leaves the request's record, folders and source to the run
+    that holds the lease now; what it stored is stored (storing is idempotent).
+    """
+
+
 def run_key(key_prefix: str, request_id: int) -> str:
     """Holds the token of the request's current run."""
     return f"{key_prefix}request:{int(request_id)}:run"
@@ -200,14 +209,21 @@ def run_phase(
     start_helpers: Callable[[int], object],
     max_helpers: int,
     poll_seconds: float = 0.01,
+    keep_going: Callable[[], bool] = lambda: True,
 ) -> Iterator[Any]:
     """The coordinator's side of a phase: post, ask for help, work, wait; then each chunk's
-    result in order, read from the board as the caller takes it."""
+    result in order, read from the board as the caller takes it.
+
+    ``keep_going`` is asked before each chunk and each wait; once it says no, the phase
+    raises :class:`RunSuperseded` (its chunks may be another run's by then).
+    """
     total = board.post(payloads, meta)
     if total > 1 and max_helpers > 0:
         start_helpers(min(total - 1, max_helpers))
     while True:
-        work_through(board, work)
+        work_through(board, work, keep_going=keep_going)
+        if not keep_going():
+            raise RunSuperseded()
         if board.done_count() >= total:
             return board.results()
         if not board.reclaim_lapsed():

@@ -40,6 +40,7 @@ from .dicom import (
     read_header,
 )
 from .errors import ImportFailed
+from .fanout import RunSuperseded
 from .filetable import HEADER_FIELDS, FileTable
 from .naming import scan_folder_name, session_label, subject_label, template_file_name
 from .protocols import Destination, SessionStorage
@@ -522,7 +523,9 @@ class ImportEngine:
 
     ``runner`` executes a phase's chunks (see :mod:`.fanout`); ``script_texts`` are the
     anonymization scripts as ``[script_id, text]`` pairs, handed to every chunk's worker so
-    all of them apply the very same scripts.
+    all of them apply the very same scripts. ``keep_going`` says whether this run still holds
+    the request; asked between phases and during the cleanup, a no stops the run with
+    :class:`~.fanout.RunSuperseded` before it plans, tallies or deletes a source.
     """
 
     def __init__(
@@ -535,8 +538,10 @@ class ImportEngine:
         runner: PhaseRunner,
         script_texts: Sequence[Sequence[str]] = (),
         on_progress: Callable[[dict[str, int]], None] | None = None,
+        keep_going: Callable[[], bool] = lambda: True,
     ) -> None:
         self.request = request
+        self.keep_going = keep_going
         self.store = store
         self.storage = storage
         self.options = options
@@ -598,6 +603,7 @@ class ImportEngine:
         self.report.flush()
         self._read_headers(table)
         clock.lap("headers")
+        self._still_running()
         sessions = group_sessions(table, self.options, self.report, self._relative)
         self.report.flush()
         timestamp = self._prearchive_timestamp()
@@ -610,8 +616,11 @@ class ImportEngine:
                 "store", self._planned_items(table), {"scripts": self.script_texts}
             )
             clock.lap("store")
+            self._still_running()
             self._tally(table, sessions, results, folders, timestamp)
             clock.lap("tally")
+        except RunSuperseded:
+            raise  # the folders may be the new run's by now: left as they are
         except BaseException:
             # A set-aside archive session comes back when its replacement never happened.
             self._remove_empty_folders(folders)
@@ -622,6 +631,10 @@ class ImportEngine:
             self._cleanup(table, root)
             clock.lap("cleanup")
         return (walked, carried, carried_bytes, *table.stored_totals())
+
+    def _still_running(self) -> None:
+        if not self.keep_going():
+            raise RunSuperseded()
 
     def _relative(self, path: str) -> str:
         """``path`` relative to the request's folder, as errors name it."""
@@ -899,7 +912,10 @@ class ImportEngine:
     # -- cleanup ----------------------------------------------------------------------------
     def _cleanup(self, table: FileTable, root: Path) -> None:
         """Delete imported sources (all already durable), then emptied folders."""
-        for path, size, mtime, ino, how, _scan, _name in table.stored():
+        every = max(1, self.options.chunk_files)
+        for n, (path, size, mtime, ino, how, _scan, _name) in enumerate(table.stored()):
+            if n % every == 0:
+                self._still_running()  # a run that lost its lease deletes nothing more
             if not os.path.lexists(path):
                 if how != "move":  # our own moves leave nothing; anything else is news
                     self.report.error(

@@ -61,8 +61,18 @@ class Lease:
         while not self._stop.wait(self._seconds / 3):
             try:
                 self._lock.reacquire()
+            except redis.exceptions.LockNotOwnedError:
+                # Lapsed (this process was stopped, or cut off from Redis, for longer than the
+                # lease): renewing cannot take it back, and another worker may hold it now.
+                log.error("dicom-inbox: the lease %s lapsed; this run stops", self._lock.name)
+                return
             except (redis.exceptions.LockError, redis.exceptions.ConnectionError) as exc:
                 log.warning("dicom-inbox: lease renewal failed: %s", exc)
+
+    def owned(self) -> bool:
+        """Whether this lease still holds the request (one Redis read): a run whose lease
+        lapsed must stop, since another worker may have started the request again."""
+        return self._lock.owned()
 
     def release(self) -> None:
         self._stop.set()

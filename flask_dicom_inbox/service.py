@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +16,16 @@ from rq.timeouts import JobTimeoutException
 
 from .anon_scripts import steps_from_texts
 from .errors import BadRequest, Conflict, DicomInboxError, Forbidden, ImportFailed
-from .fanout import ChunkBoard, ChunkWork, begin_run, end_run, is_current, run_phase, work_through
+from .fanout import (
+    ChunkBoard,
+    ChunkWork,
+    RunSuperseded,
+    begin_run,
+    end_run,
+    is_current,
+    run_phase,
+    work_through,
+)
 from .importer import (
     FileStorer,
     ImportEngine,
@@ -197,13 +206,21 @@ def execute_import(state: InboxState, request_id: int, job: Job | None) -> str:
             return record.status
         # The handler's finish() runs under the lease, after the outcome is recorded.
         return finish_source(
-            state.registry, record, state.config, _execute_locked(state, record, job)
+            state.registry, record, state.config, _execute_locked(state, record, job, lease)
         )
+    except RunSuperseded:
+        log.error(
+            "dicom-inbox: request %s: this run lost its lease and stopped; its record, folders "
+            "and source are left to the run that holds the lease now",
+            request_id,
+        )
+        current = state.store.get(request_id)
+        return (current or record).status
     finally:
         lease.release()
 
 
-def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -> str:
+def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None, lease: Lease) -> str:
     store = state.store
     rid = record.id
     if record.status == QUEUED:
@@ -233,29 +250,42 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None) -
                 store=store,
                 storage=state.storage,
                 options=options,
-                runner=_phase_runner(state, record, run),
+                runner=_phase_runner(state, record, run, lease.owned),
                 script_texts=state.anonymization_texts(record),
                 on_progress=on_progress,
+                keep_going=lease.owned,
             )
             with handler.open_source(record, state.config) as root:
                 sessions = engine.run(root)
         finally:  # not reached when the work-horse is killed: a retry finds it again
             end_run(state.redis, state.config.key_prefix, rid, run)
+    except RunSuperseded:
+        raise
     except (ImportFailed, DicomInboxError) as exc:
+        _still_held(lease)
         return _fail(state, rid, exc.message)
     except JobTimeoutException:
-        _fail(state, rid, f"the import timed out after {job_timeout(state, record)} s")
-        finish_source(state.registry, record, state.config, FAILED)  # e.g. drop the upload
+        if lease.owned():
+            _fail(state, rid, f"the import timed out after {job_timeout(state, record)} s")
+            finish_source(state.registry, record, state.config, FAILED)  # e.g. drop the upload
         raise
     except Exception as exc:
+        _still_held(lease)
         log.exception("dicom-inbox: request %s failed", rid)
         return _fail(state, rid, f"internal error: {type(exc).__name__}: {exc}")
+    _still_held(lease)
     resolution = sessions[0]["url"] if len(sessions) == 1 else _common_resolution(record)
     store.set_result(rid, sessions=sessions, resolution=resolution)
     files = sum(int(s["files"]) for s in sessions)
     store.set_status(rid, COMPLETED, f"{files} file(s) imported into {len(sessions)} session(s)")
     state.signal("import_finished", store.get(rid))
     return COMPLETED
+
+
+def _still_held(lease: Lease) -> None:
+    """A run writes the request's outcome only while it holds the lease."""
+    if not lease.owned():
+        raise RunSuperseded()
 
 
 def _fail(state: InboxState, request_id: int, message: str) -> str:
@@ -307,7 +337,12 @@ def _board(state: InboxState, request_id: int, run: str, phase: str) -> ChunkBoa
     )
 
 
-def _phase_runner(state: InboxState, record: ImportRequest, run: str) -> PhaseRunner:
+def _phase_runner(
+    state: InboxState,
+    record: ImportRequest,
+    run: str,
+    keep_going: Callable[[], bool] = lambda: True,
+) -> PhaseRunner:
     def runner(phase: str, payloads: Iterable[Any], meta: Mapping[str, Any]) -> Iterator[Any]:
         return run_phase(
             _board(state, record.id, run, phase),
@@ -318,6 +353,7 @@ def _phase_runner(state: InboxState, record: ImportRequest, run: str) -> PhaseRu
                 state, record, run, phase, min(n, max(1, idle_workers(state)))
             ),
             max_helpers=state.config.helper_jobs,
+            keep_going=keep_going,
         )
 
     return runner
