@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import subprocess
 import threading
 import time
 import uuid
@@ -174,3 +175,38 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` forked (a worker's work-horse), from ``/proc``."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        return "State:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+def stop_workers(*procs: subprocess.Popen[bytes] | None) -> None:
+    """RQ's warm shutdown (SIGTERM) for each worker process still running: an idle worker stops
+    at once. One that outlives 20 s is killed, never left running into the next test, and
+    fails this one."""
+    running = [p for p in procs if p is not None and p.poll() is None]
+    for proc in running:
+        proc.terminate()
+    late = []
+    for proc in running:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            late.append(proc.pid)
+    if late:
+        raise AssertionError(f"worker process(es) {late} outlived their warm shutdown by 20 s")

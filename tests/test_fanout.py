@@ -32,7 +32,7 @@ from flask_dicom_inbox.fanout import (
 from flask_dicom_inbox.service import idle_workers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, run_worker, submit
+from .conftest import auth, run_worker, stop_workers, submit
 
 
 def _board(state: InboxState, run: str = "r1", claim_seconds: int = 30) -> ChunkBoard:
@@ -221,14 +221,7 @@ def test_three_worker_processes_share_one_import(
             if "-headers-" in job_id or "-store-" in job_id
         ]
     finally:
-        for worker in workers:
-            worker.terminate()
-        for worker in workers:
-            try:
-                worker.wait(20)  # RQ's warm shutdown: an idle worker stops at once
-            except subprocess.TimeoutExpired:
-                worker.kill()  # never left running into the next test
-                raise
+        stop_workers(*workers)
     assert sum(int(n or 0) for n in helper_chunks) > 0, "helper jobs took chunks"
     written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
     assert not [p for p in written if p.name.startswith(TEMP_PREFIX)]

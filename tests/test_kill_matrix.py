@@ -28,7 +28,7 @@ from flask_dicom_inbox.importer import FileStorer, ImportOptions, ProgressReport
 from flask_dicom_inbox.recovery import is_leased
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, submit, wait_until
+from .conftest import auth, child_pids, process_alive, stop_workers, submit, wait_until
 
 MODES = ("copy", "move", "anonymize+cleanup")
 SETTINGS = {
@@ -38,23 +38,6 @@ SETTINGS = {
     "DICOM_INBOX_PROGRESS_EVERY": 5,
 }
 WORKER = [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker"]
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    try:
-        return [int(p) for p in path.read_text().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "State:\tZ" not in status.read_text()
 
 
 def _expected_anonymized(state: InboxState, rid: int, originals: Path) -> list[bytes]:
@@ -140,7 +123,7 @@ def test_sigkill_at_a_random_moment_loses_nothing(
             _wait_until(lambda: _done(state, rid) >= 240 or _finished(state, rid), 60, "the end")
         time.sleep(rng.uniform(0.0, 0.02))
         finished_before_kill = _finished(state, rid)
-        horses = _children(first.pid)
+        horses = child_pids(first.pid)
         if target == "horse":
             for pid in horses:
                 os.kill(pid, signal.SIGKILL)
@@ -154,18 +137,12 @@ def test_sigkill_at_a_random_moment_loses_nothing(
         second = subprocess.Popen(WORKER, env=env, **quiet)  # type: ignore[call-overload]
         _wait_until(lambda: _finished(state, rid), 120, "the request to finish")
     finally:
-        for proc in (first, second):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()  # RQ's warm shutdown: an idle worker stops at once
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()  # never left running into the next test
-                    proc.wait(10)
-                    raise
-        for pid in orphans:
-            _wait_until(lambda pid=pid: not _alive(pid), 30, "the orphaned horse to end")
-        log.close()
+        try:
+            stop_workers(first, second)
+        finally:
+            for pid in orphans:
+                _wait_until(lambda pid=pid: not process_alive(pid), 30, "the orphaned horse to end")
+            log.close()
     final = client.get(f"/xapi/dicom/{rid}", headers=auth()).get_json()
     assert final["status"] == "Completed", (final["message"], final["errors"][:3], point)
     assert not final["errors"], final["errors"][:3]

@@ -20,12 +20,7 @@ from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.recovery import is_leased, recover
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, run_worker, submit, wait_until
-
-
-def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+from .conftest import auth, child_pids, run_worker, submit, wait_until
 
 
 def _submitted_move(client: FlaskClient, inbox: Path, label: str) -> tuple[Path, int]:
@@ -85,7 +80,7 @@ def test_sigkilled_work_horse_is_recovered(
             60,
             "progress",
         )
-        [horse] = _children(worker.pid)
+        [horse] = child_pids(worker.pid)
         os.kill(horse, signal.SIGKILL)
         worker.send_signal(signal.SIGKILL)
         worker.wait(10)

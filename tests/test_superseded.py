@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from pydicom import dcmread
 
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
@@ -29,7 +30,7 @@ from flask_dicom_inbox.fanout import run_key
 from flask_dicom_inbox.recovery import is_leased
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, submit, wait_until
+from .conftest import auth, child_pids, process_alive, stop_workers, submit, wait_until
 
 SETTINGS = {
     "DICOM_INBOX_LEASE_SECONDS": 2,
@@ -38,31 +39,6 @@ SETTINGS = {
     "DICOM_INBOX_PROGRESS_EVERY": 1,
 }
 WORKER = [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker"]
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _alive(pid: int) -> bool:
-    status = Path(f"/proc/{pid}/status")
-    try:
-        return "State:\tZ" not in status.read_text()
-    except OSError:
-        return False
-
-
-def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()  # RQ's warm shutdown
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.mark.slow
@@ -106,7 +82,7 @@ def test_a_horse_that_lost_its_lease_stops_and_leaves_the_request_to_the_new_run
             return 0 if record is None else int(record.progress.get("filesImported", 0))
 
         wait_until(lambda: files_done() >= 20, 60, "the store phase to start", interval=0.001)
-        horses = _children(first.pid)
+        horses = child_pids(first.pid)
         assert horses, "the import runs in a work-horse"
         for pid in horses:
             os.kill(pid, signal.SIGSTOP)
@@ -125,18 +101,18 @@ def test_a_horse_that_lost_its_lease_stops_and_leaves_the_request_to_the_new_run
         for pid in horses:
             os.kill(pid, signal.SIGCONT)
         resumed = time.monotonic()
-        wait_until(lambda: not any(_alive(pid) for pid in horses), 30, "the old horse to stop")
+        wait_until(
+            lambda: not any(process_alive(pid) for pid in horses), 30, "the old horse to stop"
+        )
         stopped_after = time.monotonic() - resumed
         wait_until(lambda: (state.store.get(rid) or record).finished, 120, "the new run")
     finally:
         for pid in horses:
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGKILL)
-        for proc in (first, second):
-            if proc is not None:
-                _stop_worker(proc)
         log.close()
+        stop_workers(first, second)
     assert stopped_after < 10, "the old run stopped at its next check, not at its job timeout"
     assert "lost its lease and stopped" in log_path.read_text()
     final = client.get(f"/xapi/dicom/{rid}", headers=auth()).get_json()
@@ -147,5 +123,9 @@ def test_a_horse_that_lost_its_lease_stops_and_leaves_the_request_to_the_new_run
     written = [p for p in state.config.prearchive_path.rglob("*") if p.is_file()]
     assert not [p for p in written if p.name.startswith(TEMP_PREFIX)], "no temporary file"
     assert len(written) == 240, "every source instance exactly once"
+    uids = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in written)
+    assert uids == sorted(
+        str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in originals.iterdir()
+    )
     assert not [p for p in session.rglob("*") if p.is_file()], "sources deleted once stored"
     assert not is_leased(state, rid)
