@@ -169,7 +169,10 @@ def test_status_page_in_headless_chromium(
     # A finished request with hostile names, then a running one big enough to watch.
     small = _hostile_session(inbox)
     big = inbox / "test_proj" / "s01_mr1"
-    write_session(big, series=4, files_per_series=200, rows=8, columns=8, seed=1)
+    # 1,600 files: one worker takes some seconds over them, so the page (polling every
+    # second) sees the bar at two values or more on a fast machine too (800 files took 2 s
+    # on one, and the page saw a single value between 0 and Completed).
+    write_session(big, series=4, files_per_series=400, rows=8, columns=8, seed=1)
     assert submit(client, "owner", PROJECT_ID="test_proj", path=small).status_code == 200
     answer = submit(client, "owner", PROJECT_ID="test_proj", SUBJECT_ID="s01", path=big)
     assert answer.status_code == 200
@@ -237,7 +240,7 @@ def test_status_page_in_headless_chromium(
             final = readings[-1]
             assert final["status"] == "Completed", final
             assert final["text"] == "Completed"
-            assert final["value"] == final["max"] == 800
+            assert final["value"] == final["max"] == 1600
 
             # Polling stops once everything is finished.
             page.wait_for_timeout(2500)
