@@ -33,7 +33,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from pydicom.valuerep import PersonName
 from rq.timeouts import JobTimeoutException
 
-from . import raw_header
+from . import deadline, raw_header
 from .raw_header import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END
 from .storage import copy_range, open_nofollow
 
@@ -111,10 +111,12 @@ def read_header(path: str | Path, *, max_inflated_bytes: int) -> DicomHeader:
             with _quiet():
                 ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
+            deadline.check()  # a timeout pydicom turned into a KeyError is no fault of the file
             raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
         except JobTimeoutException:  # the job's own timeout, not the file's fault
             raise
         except Exception as exc:  # pydicom raises many types on junk; none may stop a request
+            deadline.check()
             raise NotImportable(
                 f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})"
             ) from exc
@@ -213,6 +215,7 @@ def _header_from(ds: Dataset) -> DicomHeader:
     except JobTimeoutException:
         raise
     except Exception as exc:  # a forced read of junk can fail on first element access
+        deadline.check()
         raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
     if not sop_instance or not sop_class:
         if len(ds) <= 2 and not sop_instance and not sop_class:
@@ -539,6 +542,7 @@ def _header_and_pixel_tail(
     except JobTimeoutException:
         raise
     except Exception:  # the full read reports it
+        deadline.check()
         return None
     offset = fp.tell()
     spans = {**_spans(ds.file_meta, False), **_spans(ds, bool(ds.original_encoding[0]))}

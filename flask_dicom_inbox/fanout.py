@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from . import deadline
+
 log = logging.getLogger("flask_dicom_inbox")
 
 #: Chunk keys outlive a dead run this long at most (a live run deletes them at its end).
@@ -190,6 +192,7 @@ def work_through(
     """Take and do chunks until none is pending; return how many were done here."""
     done = 0
     while keep_going():
+        deadline.check()  # the job's timeout, should its alarm have been lost
         taken = board.take()
         if taken is None:
             return done

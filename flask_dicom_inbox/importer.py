@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from rq.timeouts import JobTimeoutException
 
+from . import deadline
 from .dicom import (
     DicomHeader,
     NotImportable,
@@ -314,6 +315,7 @@ class FileStorer:
                 except JobTimeoutException:  # the job's own timeout: it ends the job
                     raise
                 except Exception as exc:  # a script or pydicom fault on one file only
+                    deadline.check()  # ... unless it is the timeout, turned into another error
                     results[idx] = {"e": f"cannot process: {type(exc).__name__}: {exc}"}
             if full:
                 for _idx, _src, target in linked:  # the sources still hold these files
@@ -633,6 +635,7 @@ class ImportEngine:
         return (walked, carried, carried_bytes, *table.stored_totals())
 
     def _still_running(self) -> None:
+        deadline.check()
         if not self.keep_going():
             raise RunSuperseded()
 

@@ -26,8 +26,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
-from rq import Worker
+from rq import SimpleWorker, Worker
 from rq.job import Job
+from rq.timeouts import BaseDeathPenalty
 
 from example_app import create_app
 from example_app.demo import write_session
@@ -610,6 +611,49 @@ def test_a_job_that_outlives_its_timeout_fails_the_request_with_the_reason(
     assert not record.errors, record.errors[:3]
     gc.collect()
     assert took < 10, f"the job ended {took:.1f} s after it began, long past its timeout"
+    assert not [
+        p for p in state.config.prearchive_path.rglob("*") if p.name.startswith(TEMP_PREFIX)
+    ]
+
+
+class _LostAlarm(BaseDeathPenalty):
+    """RQ's job timeout whose SIGALRM exception never arrives as such (pydicom, for one, turns
+    an exception raised while it looks a keyword up into a KeyError)."""
+
+    def setup_death_penalty(self) -> None:
+        pass
+
+    def cancel_death_penalty(self) -> None:
+        pass
+
+
+class _WorkerWithLostAlarms(SimpleWorker):
+    death_penalty_class = _LostAlarm
+
+
+@pytest.mark.slow
+def test_a_job_whose_timeout_alarm_was_lost_still_fails_at_its_deadline(
+    app: Flask, client: FlaskClient, state: InboxState, inbox: Path
+) -> None:
+    """The job notes its deadline; the chunk loop and the per-file guards end it there, with
+    the same reason, even when RQ's own alarm never lands."""
+    assert client.put("/xapi/anonymize/site/enabled", data="true", headers=auth()).status_code
+    app.config["DICOM_INBOX_JOB_TIMEOUT"] = 1
+    app.config["DICOM_INBOX_JOB_TIMEOUT_PER_FILE"] = 0
+    state.config = InboxConfig.from_app(app)
+    folder = inbox / "test_proj" / "no-alarm"
+    write_session(folder, series=4, files_per_series=1000, rows=32, columns=32)
+    rid = _rid(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="no-alarm", path=str(folder)))
+    worker = _WorkerWithLostAlarms([state.queue], connection=state.redis, job_class=state.job_class)
+    started = time.monotonic()
+    worker.work(burst=True)
+    took = time.monotonic() - started
+    record = state.store.get(rid)
+    assert record is not None
+    assert record.status == "Failed", (record.status, record.message, record.errors[:3])
+    assert record.message == "the import timed out after 1 s", record.message
+    assert not record.errors, record.errors[:3]
+    assert took < 10, f"the job ended {took:.1f} s after it began, long past its deadline"
     assert not [
         p for p in state.config.prearchive_path.rglob("*") if p.name.startswith(TEMP_PREFIX)
     ]
