@@ -582,6 +582,34 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     wait_until(predicate, timeout, what, interval=0.05)
 
 
+def _timed_out_import(
+    app: Flask, client: FlaskClient, state: InboxState, inbox: Path, worker: Worker
+) -> None:
+    """4,000 anonymized files under a 1 s job timeout, run by ``worker`` (in burst mode): the
+    request fails with the timeout as its reason, soon, with no file blamed for it and no
+    temporary file left."""
+    assert client.put("/xapi/anonymize/site/enabled", data="true", headers=auth()).status_code
+    app.config["DICOM_INBOX_JOB_TIMEOUT"] = 1
+    app.config["DICOM_INBOX_JOB_TIMEOUT_PER_FILE"] = 0
+    state.config = InboxConfig.from_app(app)
+    folder = inbox / "test_proj" / "slow"
+    write_session(folder, series=4, files_per_series=1000, rows=32, columns=32)
+    rid = _rid(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="slow", path=str(folder)))
+    started = time.monotonic()
+    worker.work(burst=True)
+    took = time.monotonic() - started
+    record = state.store.get(rid)
+    assert record is not None
+    assert record.status == "Failed", (record.status, record.message, record.errors[:3])
+    assert record.message == "the import timed out after 1 s", record.message
+    assert not record.errors, record.errors[:3]
+    gc.collect()
+    assert took < 10, f"the job ended {took:.1f} s after it began, long past its timeout"
+    assert not [
+        p for p in state.config.prearchive_path.rglob("*") if p.name.startswith(TEMP_PREFIX)
+    ]
+
+
 @pytest.mark.slow
 # The timeout can land between open() and its `with`, in this test's 4,000 file creations:
 # that file object is closed (with a ResourceWarning) when collected, below, not leaked.
@@ -594,26 +622,8 @@ def test_a_job_that_outlives_its_timeout_fails_the_request_with_the_reason(
     file's anonymization, each guarded against that file's own faults. The guards let it
     through, so the request fails with the reason instead of running on (a file reported
     unreadable) until RQ kills the work-horse a minute later and recovery starts it again."""
-    assert client.put("/xapi/anonymize/site/enabled", data="true", headers=auth()).status_code
-    app.config["DICOM_INBOX_JOB_TIMEOUT"] = 1
-    app.config["DICOM_INBOX_JOB_TIMEOUT_PER_FILE"] = 0
-    state.config = InboxConfig.from_app(app)
-    folder = inbox / "test_proj" / "slow"
-    write_session(folder, series=4, files_per_series=1000, rows=32, columns=32)
-    rid = _rid(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="slow", path=str(folder)))
-    started = time.monotonic()
-    run_worker(app)
-    took = time.monotonic() - started
-    record = state.store.get(rid)
-    assert record is not None
-    assert record.status == "Failed", (record.status, record.message, record.errors[:3])
-    assert record.message == "the import timed out after 1 s", record.message
-    assert not record.errors, record.errors[:3]
-    gc.collect()
-    assert took < 10, f"the job ended {took:.1f} s after it began, long past its timeout"
-    assert not [
-        p for p in state.config.prearchive_path.rglob("*") if p.name.startswith(TEMP_PREFIX)
-    ]
+    worker = SimpleWorker([state.queue], connection=state.redis, job_class=state.job_class)
+    _timed_out_import(app, client, state, inbox, worker)
 
 
 class _LostAlarm(BaseDeathPenalty):
@@ -637,23 +647,5 @@ def test_a_job_whose_timeout_alarm_was_lost_still_fails_at_its_deadline(
 ) -> None:
     """The job notes its deadline; the chunk loop and the per-file guards end it there, with
     the same reason, even when RQ's own alarm never lands."""
-    assert client.put("/xapi/anonymize/site/enabled", data="true", headers=auth()).status_code
-    app.config["DICOM_INBOX_JOB_TIMEOUT"] = 1
-    app.config["DICOM_INBOX_JOB_TIMEOUT_PER_FILE"] = 0
-    state.config = InboxConfig.from_app(app)
-    folder = inbox / "test_proj" / "no-alarm"
-    write_session(folder, series=4, files_per_series=1000, rows=32, columns=32)
-    rid = _rid(submit(client, PROJECT_ID="test_proj", EXPT_LABEL="no-alarm", path=str(folder)))
     worker = _WorkerWithLostAlarms([state.queue], connection=state.redis, job_class=state.job_class)
-    started = time.monotonic()
-    worker.work(burst=True)
-    took = time.monotonic() - started
-    record = state.store.get(rid)
-    assert record is not None
-    assert record.status == "Failed", (record.status, record.message, record.errors[:3])
-    assert record.message == "the import timed out after 1 s", record.message
-    assert not record.errors, record.errors[:3]
-    assert took < 10, f"the job ended {took:.1f} s after it began, long past its deadline"
-    assert not [
-        p for p in state.config.prearchive_path.rglob("*") if p.name.startswith(TEMP_PREFIX)
-    ]
+    _timed_out_import(app, client, state, inbox, worker)
