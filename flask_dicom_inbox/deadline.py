@@ -21,10 +21,15 @@ _deadline: tuple[float, float] | None = None  # (monotonic deadline, the job's t
 
 
 @contextlib.contextmanager
-def running(timeout: float | None) -> Iterator[None]:
-    """While a job with this RQ ``timeout`` (seconds; None or negative: none) runs."""
+def of_current_job() -> Iterator[None]:
+    """While the current RQ job runs: its deadline is its timeout from now (none outside a
+    job, or for a job without a timeout)."""
+    from rq import get_current_job
+
     global _deadline
     earlier = _deadline
+    job = get_current_job()
+    timeout = None if job is None else job.timeout
     if timeout is not None and timeout >= 0:
         _deadline = (time.monotonic() + timeout, timeout)
     try:
@@ -37,3 +42,11 @@ def check() -> None:
     """Raise the job's timeout if its deadline has passed (a no-op outside a job)."""
     if _deadline is not None and time.monotonic() > _deadline[0]:
         raise JobTimeoutException(f"Task exceeded maximum timeout value ({_deadline[1]:g} seconds)")
+
+
+def reraise_timeout(exc: Exception) -> None:
+    """For a per-file guard's broad ``except``: the job's timeout is no fault of the file, be it
+    ``exc`` itself or turned into ``exc`` by the code it landed in (then past the deadline)."""
+    if isinstance(exc, JobTimeoutException):
+        raise exc
+    check()

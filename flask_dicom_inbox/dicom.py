@@ -31,7 +31,6 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import PersonName
-from rq.timeouts import JobTimeoutException
 
 from . import deadline, raw_header
 from .raw_header import ITEM, LONG_VRS, PIXEL_TAGS, SEQUENCE_END
@@ -111,12 +110,10 @@ def read_header(path: str | Path, *, max_inflated_bytes: int) -> DicomHeader:
             with _quiet():
                 ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
         except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError) as exc:
-            deadline.check()  # a timeout pydicom turned into a KeyError is no fault of the file
+            deadline.reraise_timeout(exc)  # pydicom turns a timeout into KeyError on the way
             raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
-        except JobTimeoutException:  # the job's own timeout, not the file's fault
-            raise
         except Exception as exc:  # pydicom raises many types on junk; none may stop a request
-            deadline.check()
+            deadline.reraise_timeout(exc)
             raise NotImportable(
                 f"unreadable DICOM file ({type(exc).__name__}: {_short(exc)})"
             ) from exc
@@ -212,10 +209,8 @@ def _header_from(ds: Dataset) -> DicomHeader:
     try:
         sop_class = _ascii(ds, "SOPClassUID")
         sop_instance = _ascii(ds, "SOPInstanceUID")
-    except JobTimeoutException:
-        raise
     except Exception as exc:  # a forced read of junk can fail on first element access
-        deadline.check()
+        deadline.reraise_timeout(exc)
         raise NotImportable(f"not a DICOM file ({_short(exc)})") from exc
     if not sop_instance or not sop_class:
         if len(ds) <= 2 and not sop_instance and not sop_class:
@@ -539,10 +534,8 @@ def _header_and_pixel_tail(
     fp.seek(0)
     try:
         ds = pydicom.dcmread(_BoundedReader(fp, size), stop_before_pixels=True, force=True)
-    except JobTimeoutException:
-        raise
-    except Exception:  # the full read reports it
-        deadline.check()
+    except Exception as exc:  # the full read reports it
+        deadline.reraise_timeout(exc)
         return None
     offset = fp.tell()
     spans = {**_spans(ds.file_meta, False), **_spans(ds, bool(ds.original_encoding[0]))}

@@ -30,8 +30,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from rq.timeouts import JobTimeoutException
-
 from . import deadline
 from .dicom import (
     DicomHeader,
@@ -312,10 +310,8 @@ class FileStorer:
                         results[idx]["full"] = True  # type: ignore[index]
                         full = True
                         break
-                except JobTimeoutException:  # the job's own timeout: it ends the job
-                    raise
                 except Exception as exc:  # a script or pydicom fault on one file only
-                    deadline.check()  # ... unless it is the timeout, turned into another error
+                    deadline.reraise_timeout(exc)  # ... unless it is the job's timeout
                     results[idx] = {"e": f"cannot process: {type(exc).__name__}: {exc}"}
             if full:
                 for _idx, _src, target in linked:  # the sources still hold these files

@@ -38,9 +38,8 @@ def run_import(request_id: int) -> str:
     from .extension import current_state
     from .service import execute_import
 
-    job = get_current_job()
-    with deadline.running(job.timeout if job is not None else None):
-        return execute_import(current_state(), int(request_id), job)
+    with deadline.of_current_job():
+        return execute_import(current_state(), int(request_id), get_current_job())
 
 
 def job_id_for(key_prefix: str, request_id: int) -> str:
@@ -54,12 +53,9 @@ def job_id_for(key_prefix: str, request_id: int) -> str:
 
 def help_import_job(request_id: int, run: str, phase: str) -> int:
     """Take chunks of a running import (any worker, any machine); returns how many it did."""
-    from rq import get_current_job
-
     from . import deadline
     from .extension import current_state
     from .service import help_import
 
-    job = get_current_job()
-    with deadline.running(job.timeout if job is not None else None):
+    with deadline.of_current_job():
         return help_import(current_state(), int(request_id), str(run), str(phase))
