@@ -62,6 +62,10 @@ PhaseRunner = Callable[[str, Iterable[Any], Mapping[str, Any]], Iterable[Any]]
 log = logging.getLogger(__name__)
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
+#: The phases whose chunks any worker can take, in the order a run posts them.
+HEADERS, STORE = "headers", "store"
+PHASES = (HEADERS, STORE)
+
 
 class AnonymizationStep(Protocol):
     """One script run over every file: the site script, then the project script."""
@@ -611,7 +615,7 @@ class ImportEngine:
             self._plan(table, sessions, timestamp, folders)
             clock.lap("plan")
             results = self._run_chunks(
-                "store", self._planned_items(table), {"scripts": self.script_texts}
+                STORE, self._planned_items(table), {"scripts": self.script_texts}
             )
             clock.lap("store")
             self._still_running()
@@ -652,7 +656,7 @@ class ImportEngine:
     def _read_headers(self, table: FileTable) -> None:
         """Read each file's header (in chunks) into the table; non-DICOM files are reported."""
         items = ([path, self._relative(path)] for _id, path in table.paths())
-        results = self._run_chunks("headers", items, {})
+        results = self._run_chunks(HEADERS, items, {})
         opts = self.options
 
         def readable() -> Iterator[tuple[int, DicomHeader, str, str, str]]:

@@ -52,10 +52,16 @@ def job_id_for(key_prefix: str, request_id: int) -> str:
 
 
 def help_import_job(request_id: int, run: str, phase: str) -> int:
-    """Take chunks of a running import (any worker, any machine); returns how many it did."""
+    """Take chunks of a running import from ``phase`` on (any worker, any machine); returns
+    how many it did."""
+    from rq import get_current_job
+
     from . import deadline
     from .extension import current_state
     from .service import help_import
 
+    job = get_current_job()
     with deadline.of_current_job():
-        return help_import(current_state(), int(request_id), str(run), str(phase))
+        return help_import(
+            current_state(), int(request_id), str(run), str(phase), job.id if job else None
+        )

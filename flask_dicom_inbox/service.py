@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,9 @@ from .errors import BadRequest, Conflict, DicomInboxError, Forbidden, ImportFail
 from .fanout import (
     ChunkBoard,
     ChunkWork,
+    HelperRoll,
     RunSuperseded,
+    await_posting,
     begin_run,
     end_run,
     is_current,
@@ -27,6 +30,9 @@ from .fanout import (
     work_through,
 )
 from .importer import (
+    HEADERS,
+    PHASES,
+    STORE,
     FileStorer,
     ImportEngine,
     ImportOptions,
@@ -245,6 +251,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None, l
             state.redis, state.config.key_prefix, rid, claim_seconds=state.config.lease_seconds
         )
         try:
+            _helpers_ahead(state, record, run)
             engine = ImportEngine(
                 request=record,
                 store=store,
@@ -349,9 +356,7 @@ def _phase_runner(
             payloads,
             meta,
             chunk_work(state, record, phase, meta),
-            start_helpers=lambda n: enqueue_helpers(
-                state, record, run, phase, min(n, max(1, idle_workers(state)))
-            ),
+            start_helpers=lambda wanted: start_helpers(state, record, run, phase, wanted),
             max_helpers=state.config.helper_jobs,
             keep_going=keep_going,
         )
@@ -364,11 +369,11 @@ def chunk_work(
 ) -> ChunkWork:
     """The work on one chunk of ``phase``: the same in the request's job and in helpers."""
     report = ProgressReporter(state.store, record.id, state.config.progress_every)
-    if phase == "headers":
+    if phase == HEADERS:
         return functools.partial(
             read_header_chunk, max_inflated_bytes=state.config.max_inflated_bytes, report=report
         )
-    if phase == "store":
+    if phase == STORE:
         return FileStorer(
             options=_engine_options(state, record),
             anonymization=steps_from_texts(meta.get("scripts", [])),
@@ -391,41 +396,103 @@ def idle_workers(state: InboxState) -> int:
     return max(0, workers - running)
 
 
+#: How long a helper that finished a phase waits for the run's next one (then it leaves, and
+#: the coordinator queues a new helper when it posts that phase).
+HELPER_PATIENCE_SECONDS = 3.0
+
+
+def _roll(state: InboxState, request_id: int, run: str) -> HelperRoll:
+    return HelperRoll(
+        state.redis, state.config.key_prefix, request_id, run, seconds=state.config.lease_seconds
+    )
+
+
+def _helpers_ahead(state: InboxState, record: ImportRequest, run: str) -> list[Job]:
+    """Queue the run's helpers before it walks the folder, for idle workers only: they fork
+    and start while the coordinator walks, and take the first phase's chunks from its start.
+    The file count from the submission says whether there will be a second chunk."""
+    files = int(record.options.get("fileCount") or 0)
+    chunks = -(-files // max(1, state.config.chunk_files))
+    wanted = min(chunks - 1, state.config.helper_jobs)
+    if wanted <= 0:
+        return []
+    count = min(wanted, idle_workers(state))
+    return enqueue_helpers(state, record, run, PHASES[0], count)
+
+
+def start_helpers(
+    state: InboxState, record: ImportRequest, run: str, phase: str, wanted: int
+) -> list[Job]:
+    """Queue helpers for a phase just posted so that ``wanted`` can help: those the run
+    already has (queued, or waiting from an earlier phase) count; new ones only for idle
+    workers, and one when the run has none (for a worker that may come free)."""
+    have = _roll(state, record.id, run).count()
+    count = min(wanted - have, max(0 if have else 1, idle_workers(state)))
+    return enqueue_helpers(state, record, run, phase, count)
+
+
 def enqueue_helpers(
     state: InboxState, record: ImportRequest, run: str, phase: str, count: int
 ) -> list[Job]:
-    """Queue ``count`` helper jobs at the front, so idle workers join this request at once."""
+    """Queue ``count`` helper jobs at the front, so idle workers join this request at once.
+
+    Each helps with ``phase`` and then with the run's later phases; it is entered in the run's
+    roll before it is queued, so the coordinator counts it from then on.
+    """
     base = job_id_for(state.config.key_prefix, record.id)
-    return [
-        state.queue.enqueue_call(
-            func=help_import_job,
-            args=(record.id, run, phase),
-            job_id=f"{base}-{run}-{phase}-{n}",
-            description=f"DICOM inbox import request {record.id}: helper ({phase})",
-            timeout=job_timeout(state, record),
-            result_ttl=600,
-            failure_ttl=24 * 3600,
-            meta={"request_id": record.id, "helper": phase},
-            at_front=True,
+    roll = _roll(state, record.id, run)
+    jobs = []
+    for _ in range(count):
+        job_id = f"{base}-{run}-{phase}-{uuid.uuid4().hex[:8]}"
+        roll.renew(job_id)
+        jobs.append(
+            state.queue.enqueue_call(
+                func=help_import_job,
+                args=(record.id, run, phase),
+                job_id=job_id,
+                description=f"DICOM inbox import request {record.id}: helper (from {phase})",
+                timeout=job_timeout(state, record),
+                result_ttl=600,
+                failure_ttl=24 * 3600,
+                meta={"request_id": record.id, "helper": phase},
+                at_front=True,
+            )
         )
-        for n in range(count)
-    ]
+    return jobs
 
 
-def help_import(state: InboxState, request_id: int, run: str, phase: str) -> int:
-    """A helper job's body: take chunks of the run's phase until none is left."""
+def help_import(
+    state: InboxState, request_id: int, run: str, phase: str, helper: str | None = None
+) -> int:
+    """A helper job's body: take chunks of the run's ``phase`` until none is left, then wait
+    for each later phase and do the same; returns how many chunks it did.
+
+    ``helper`` is its entry in the run's roll (its job id); it leaves the roll at its end.
+    """
     prefix = state.config.key_prefix
-    if not is_current(state.redis, prefix, request_id, run):
-        return 0
-    record = state.store.get(request_id)
-    if record is None or record.finished:
-        return 0
-    board = _board(state, request_id, run, phase)
-    meta = board.meta()
-    if meta is None:
-        return 0
-    return work_through(
-        board,
-        chunk_work(state, record, phase, meta),
-        keep_going=lambda: is_current(state.redis, prefix, request_id, run),
-    )
+    roll = _roll(state, request_id, run)
+    me = helper or uuid.uuid4().hex
+
+    def current() -> bool:
+        return is_current(state.redis, prefix, request_id, run)
+
+    def may_wait() -> bool:  # a job waiting for a worker gets this one
+        return current() and not state.queue.count
+
+    try:
+        record = state.store.get(request_id)
+        if record is None or record.finished or not current():
+            return 0
+        done = 0
+        for name in PHASES[PHASES.index(phase) :]:
+            board = _board(state, request_id, run, name)
+            meta = await_posting(
+                board, roll, me, may_wait=may_wait, patience=HELPER_PATIENCE_SECONDS
+            )
+            if meta is None:
+                break
+            roll.renew(me)  # counted while it works (a coordinator may count at any time)
+            done += work_through(board, chunk_work(state, record, name, meta), keep_going=current)
+        return done
+    finally:
+        roll.leave(me)

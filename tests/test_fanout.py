@@ -22,6 +22,8 @@ from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.fanout import (
     ChunkBoard,
+    HelperRoll,
+    await_posting,
     begin_run,
     end_run,
     is_current,
@@ -29,7 +31,7 @@ from flask_dicom_inbox.fanout import (
     run_phase,
     work_through,
 )
-from flask_dicom_inbox.service import idle_workers
+from flask_dicom_inbox.service import _helpers_ahead, idle_workers, start_helpers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
 from .conftest import auth, run_worker, stop_workers, submit
@@ -121,13 +123,140 @@ def test_a_new_run_waits_for_the_live_claims_of_the_old_one(state: InboxState) -
     assert state.redis.get(run_key(prefix, 7)) is None
 
 
+def _roll(state: InboxState, run: str = "r1", seconds: int = 30) -> HelperRoll:
+    return HelperRoll(state.redis, state.config.key_prefix, 7, run, seconds=seconds)
+
+
+def test_a_helper_waits_for_the_next_phase_and_takes_its_chunks(state: InboxState) -> None:
+    """Between phases a helper stays (counted in the roll) until the coordinator posts."""
+    board, roll = _board(state), _roll(state)
+    got: list[Any] = []
+
+    def helper() -> None:
+        meta = await_posting(board, roll, "h1", may_wait=lambda: True, patience=10)
+        got.append(meta)
+        got.append(work_through(_board(state), _square))
+
+    thread = threading.Thread(target=helper)
+    thread.start()
+    time.sleep(0.15)
+    assert thread.is_alive(), "the helper waits for the phase"
+    assert roll.count() == 1, "a waiting helper counts"
+    board.post([[i] for i in range(40)], {"phase": 2})
+    mine = work_through(board, lambda p, h: (time.sleep(0.002), p)[1])
+    thread.join(5)
+    assert got[0] == {"phase": 2}
+    assert got[1] > 0 and mine + got[1] == 40, "the helper took chunks of the posted phase"
+    assert roll.count() == 1, "still counted: it leaves when its job ends"
+    roll.leave("h1")
+    assert roll.count() == 0
+
+
+def test_a_waiting_helper_leaves_when_out_of_patience_or_needed_elsewhere(
+    state: InboxState,
+) -> None:
+    board, roll = _board(state), _roll(state)
+    started = time.monotonic()
+    assert await_posting(board, roll, "h1", may_wait=lambda: True, patience=0.2) is None
+    assert 0.2 <= time.monotonic() - started < 2
+    assert roll.count() == 0, "it left the roll"
+    started = time.monotonic()
+    assert await_posting(board, roll, "h2", may_wait=lambda: False, patience=10) is None
+    assert time.monotonic() - started < 1, "another job wants the worker: it leaves at once"
+    assert roll.count() == 0
+
+
+def test_a_phase_posted_as_its_helper_gives_up_is_still_taken(state: InboxState) -> None:
+    """The coordinator may have counted the helper just before it gave up."""
+    board, roll = _board(state), _roll(state)
+
+    def post_then_stop() -> bool:
+        board.post([[1]], {"late": True})
+        return False
+
+    meta = await_posting(board, roll, "h1", may_wait=post_then_stop, patience=10)
+    assert meta == {"late": True}
+
+
+def test_a_helper_that_never_renews_stops_counting(state: InboxState) -> None:
+    roll = _roll(state, seconds=1)
+    assert roll.renew("queued-helper") == 1
+    assert roll.renew("other") == 2
+    roll.leave("other")
+    assert roll.count() == 1
+    time.sleep(1.1)
+    assert roll.count() == 0, "a dead (or still queued) helper lapses"
+
+
+def _with_idle_workers(state: InboxState, n: int) -> list[Worker]:
+    workers = [
+        Worker([state.queue], connection=state.redis, name=f"idle-{i}-{os.getpid()}")
+        for i in range(n)
+    ]
+    for worker in workers:
+        worker.register_birth()
+    return workers
+
+
+def _record(state: InboxState, files: int) -> Any:
+    return state.store.create(
+        username="admin",
+        handler="inbox",
+        project_id="test_proj",
+        session_path="/nowhere",
+        cleanup_after_import=False,
+        parameters={},
+        options={"fileCount": files},
+    )
+
+
+def test_helpers_are_queued_ahead_for_idle_workers_when_there_will_be_chunks(
+    state: InboxState,
+) -> None:
+    chunk = state.config.chunk_files
+    workers = _with_idle_workers(state, 2)
+    try:
+        assert _helpers_ahead(state, _record(state, chunk), "r1") == [], "one chunk: no help"
+        record = _record(state, 10 * chunk)
+        jobs = _helpers_ahead(state, record, "r2")
+        assert len(jobs) == 2, "one per idle worker"
+        assert all(job.args == (record.id, "r2", "headers") for job in jobs), "first phase on"
+        roll = HelperRoll(state.redis, state.config.key_prefix, record.id, "r2", seconds=30)
+        assert roll.count() == 2, "counted from the moment they are queued"
+    finally:
+        for worker in workers:
+            worker.register_death()
+    assert _helpers_ahead(state, _record(state, 10 * chunk), "r3") == [], "no idle worker"
+
+
+def test_a_posted_phase_counts_the_run_s_helpers_before_queuing_more(
+    state: InboxState,
+) -> None:
+    record = _record(state, 1000)
+    roll = HelperRoll(state.redis, state.config.key_prefix, record.id, "r1", seconds=30)
+    assert len(start_helpers(state, record, "r1", "store", 3)) == 1, (
+        "no helper and no idle worker: one, for a worker that may come free"
+    )
+    assert roll.count() == 1, "a queued helper counts at once"
+    assert start_helpers(state, record, "r1", "store", 3) == [], "no idle worker for more"
+    workers = _with_idle_workers(state, 5)
+    try:
+        assert len(start_helpers(state, record, "r1", "store", 3)) == 2, "3 wanted, 1 there"
+        assert roll.count() == 3
+        assert start_helpers(state, record, "r1", "store", 3) == []
+    finally:
+        for worker in workers:
+            worker.register_death()
+
+
 def test_small_chunks_and_helpers_in_one_worker_import_every_file_once(
     app: Flask, client: FlaskClient, inbox: Path, state: InboxState
 ) -> None:
-    """Chunks of 7 files over two phases; helper jobs queued behind find nothing to do.
+    """Chunks of 7 files over two phases; a helper job queued behind finds nothing to do.
 
-    The only worker runs the request, so no worker is idle: each phase queues one helper job
-    (for a worker that may come free), not one per chunk up to DICOM_INBOX_HELPER_JOBS.
+    The only worker runs the request, so no worker is idle: none is queued ahead, the first
+    phase queues one (for a worker that may come free), not one per chunk up to
+    DICOM_INBOX_HELPER_JOBS, and the second phase counts that one and queues none.
     """
     app.config["DICOM_INBOX_CHUNK_FILES"] = 7
     app.config["DICOM_INBOX_HELPER_JOBS"] = 2
@@ -149,7 +278,7 @@ def test_small_chunks_and_helpers_in_one_worker_import_every_file_once(
     assert not state.redis.keys(f"{state.config.key_prefix}request:*:run*"), "runs cleaned up"
     helpers = FinishedJobRegistry(queue=state.queue).get_job_ids()
     assert len([j for j in helpers if "-headers-" in j]) == 1, helpers
-    assert len([j for j in helpers if "-store-" in j]) == 1, helpers
+    assert len([j for j in helpers if "-store-" in j]) == 0, helpers
 
 
 def test_idle_workers_counts_the_queue_s_workers_less_its_running_jobs(
