@@ -17,6 +17,7 @@ run: venv
 	PYTHON=$(PY) bash scripts/run.sh
 
 test: venv
+	bash scripts/ensure-chromium.sh
 	PYTHON=$(PY) bash scripts/with-redis.sh $(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: venv
