@@ -615,7 +615,10 @@ class ImportEngine:
             self._plan(table, sessions, timestamp, folders)
             clock.lap("plan")
             results = self._run_chunks(
-                STORE, self._planned_items(table), {"scripts": self.script_texts}
+                STORE,
+                self._planned_items(table),
+                table.plan_count(),
+                {"scripts": self.script_texts},
             )
             clock.lap("store")
             self._still_running()
@@ -644,19 +647,19 @@ class ImportEngine:
         return path[self._cut :]
 
     def _run_chunks(
-        self, phase: str, items: Iterable[Any], meta: Mapping[str, Any]
+        self, phase: str, items: Iterable[Any], count: int, meta: Mapping[str, Any]
     ) -> Iterator[Any]:
         """Do the phase's work now; then each item's result, in order, a chunk's results
         decoded only when reached. Items are made as their chunk is posted."""
-        size = max(1, self.options.chunk_files)
-        payloads = (list(chunk) for chunk in _batched(items, size))
+        sizes = chunk_sizes(count, max(1, self.options.chunk_files))
+        payloads = (list(chunk) for chunk in _batched(items, sizes))
         return itertools.chain.from_iterable(self.runner(phase, payloads, meta))
 
     # -- headers ----------------------------------------------------------------------------
     def _read_headers(self, table: FileTable) -> None:
         """Read each file's header (in chunks) into the table; non-DICOM files are reported."""
         items = ([path, self._relative(path)] for _id, path in table.paths())
-        results = self._run_chunks(HEADERS, items, {})
+        results = self._run_chunks(HEADERS, items, table.file_count(), {})
         opts = self.options
 
         def readable() -> Iterator[tuple[int, DicomHeader, str, str, str]]:
@@ -974,10 +977,38 @@ def _names(
             yield fid, name
 
 
-def _batched(items: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
+def chunk_sizes(count: int, size: int) -> Iterator[int]:
+    """The sizes of a phase's chunks for ``count`` items: ``size`` each, except that the last
+    two chunks' worth is cut into (up to) four, so the workers finish a phase together.
+
+    With whole chunks to the end, the last one kept one worker busy for up to a chunk's time
+    while the others waited (a 1,000-file import: 256, 256, 256, 232 on two workers). A
+    request of one chunk stays one chunk: it needs no helper.
+    """
+    left = max(0, count)
+    if left <= size:
+        if left:
+            yield left
+        return
+    while left > 2 * size:
+        yield size
+        left -= size
+    parts = max(1, min(4, left // max(1, size // 4)))
+    base, extra = divmod(left, parts)
+    for part in range(parts):
+        yield base + (1 if part < extra else 0)
+
+
+def _batched(items: Iterable[Any], sizes: Iterable[int]) -> Iterator[tuple[Any, ...]]:
+    """``items`` in batches of the given sizes; what is left after them, in one more."""
     iterator = iter(items)
-    while batch := tuple(itertools.islice(iterator, size)):
+    for size in sizes:
+        batch = tuple(itertools.islice(iterator, size))
+        if not batch:
+            return
         yield batch
+    if rest := tuple(iterator):
+        yield rest
 
 
 class _PhaseClock:

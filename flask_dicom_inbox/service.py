@@ -38,6 +38,7 @@ from .importer import (
     ImportOptions,
     PhaseRunner,
     ProgressReporter,
+    chunk_sizes,
     read_header_chunk,
 )
 from .jobs import help_import_job, job_id_for, run_import
@@ -412,7 +413,7 @@ def _helpers_ahead(state: InboxState, record: ImportRequest, run: str) -> list[J
     and start while the coordinator walks, and take the first phase's chunks from its start.
     The file count from the submission says whether there will be a second chunk."""
     files = int(record.options.get("fileCount") or 0)
-    chunks = -(-files // max(1, state.config.chunk_files))
+    chunks = sum(1 for _ in chunk_sizes(files, max(1, state.config.chunk_files)))
     wanted = min(chunks - 1, state.config.helper_jobs)
     if wanted <= 0:
         return []

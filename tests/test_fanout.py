@@ -31,6 +31,7 @@ from flask_dicom_inbox.fanout import (
     run_phase,
     work_through,
 )
+from flask_dicom_inbox.importer import chunk_sizes
 from flask_dicom_inbox.service import _helpers_ahead, idle_workers, start_helpers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
@@ -301,6 +302,31 @@ def test_idle_workers_counts_the_queue_s_workers_less_its_running_jobs(
         for worker in workers:
             worker.register_death()
     assert idle_workers(state) == 0
+
+
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [
+        (0, []),
+        (10, [10]),
+        (256, [256]),
+        (300, [75, 75, 75, 75]),
+        (1000, [256, 256, 122, 122, 122, 122]),
+        (1001, [256, 256, 123, 122, 122, 122]),
+    ],
+)
+def test_a_phase_s_last_chunks_are_cut_smaller_so_its_workers_end_together(
+    count: int, sizes: list[int]
+) -> None:
+    assert list(chunk_sizes(count, 256)) == sizes
+
+
+def test_chunk_sizes_cover_every_item_within_the_chunk_size() -> None:
+    for size in (1, 7, 20, 256):
+        for count in range(0, 6 * size + 3):
+            sizes = list(chunk_sizes(count, size))
+            assert sum(sizes) == count and all(0 < n <= size for n in sizes), (count, size)
+            assert len(sizes) <= count // size + 4
 
 
 def _env(app_config: dict[str, Any], **extra: Any) -> dict[str, str]:
