@@ -252,7 +252,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None, l
             state.redis, state.config.key_prefix, rid, claim_seconds=state.config.lease_seconds
         )
         try:
-            _helpers_ahead(state, record, run)
+            queue_helpers_ahead(state, record, run)
             engine = ImportEngine(
                 request=record,
                 store=store,
@@ -408,7 +408,7 @@ def _roll(state: InboxState, request_id: int, run: str) -> HelperRoll:
     )
 
 
-def _helpers_ahead(state: InboxState, record: ImportRequest, run: str) -> list[Job]:
+def queue_helpers_ahead(state: InboxState, record: ImportRequest, run: str) -> list[Job]:
     """Queue the run's helpers before it walks the folder, for idle workers only: they fork
     and start while the coordinator walks, and take the first phase's chunks from its start.
     The file count from the submission says whether there will be a second chunk."""
@@ -477,6 +477,10 @@ def help_import(
     def current() -> bool:
         return is_current(state.redis, prefix, request_id, run)
 
+    def next_chunk() -> bool:  # still counted while it works, however long its phase
+        roll.renew(me)
+        return current()
+
     def may_wait() -> bool:  # a job waiting for a worker gets this one
         return current() and not state.queue.count
 
@@ -492,8 +496,9 @@ def help_import(
             )
             if meta is None:
                 break
-            roll.renew(me)  # counted while it works (a coordinator may count at any time)
-            done += work_through(board, chunk_work(state, record, name, meta), keep_going=current)
+            done += work_through(
+                board, chunk_work(state, record, name, meta), keep_going=next_chunk
+            )
         return done
     finally:
         roll.leave(me)

@@ -32,7 +32,7 @@ from flask_dicom_inbox.fanout import (
     work_through,
 )
 from flask_dicom_inbox.importer import chunk_sizes
-from flask_dicom_inbox.service import _helpers_ahead, idle_workers, start_helpers
+from flask_dicom_inbox.service import idle_workers, queue_helpers_ahead, start_helpers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
 from .conftest import auth, run_worker, stop_workers, submit
@@ -217,9 +217,9 @@ def test_helpers_are_queued_ahead_for_idle_workers_when_there_will_be_chunks(
     chunk = state.config.chunk_files
     workers = _with_idle_workers(state, 2)
     try:
-        assert _helpers_ahead(state, _record(state, chunk), "r1") == [], "one chunk: no help"
+        assert queue_helpers_ahead(state, _record(state, chunk), "r1") == [], "one chunk: no help"
         record = _record(state, 10 * chunk)
-        jobs = _helpers_ahead(state, record, "r2")
+        jobs = queue_helpers_ahead(state, record, "r2")
         assert len(jobs) == 2, "one per idle worker"
         assert all(job.args == (record.id, "r2", "headers") for job in jobs), "first phase on"
         roll = HelperRoll(state.redis, state.config.key_prefix, record.id, "r2", seconds=30)
@@ -227,7 +227,7 @@ def test_helpers_are_queued_ahead_for_idle_workers_when_there_will_be_chunks(
     finally:
         for worker in workers:
             worker.register_death()
-    assert _helpers_ahead(state, _record(state, 10 * chunk), "r3") == [], "no idle worker"
+    assert queue_helpers_ahead(state, _record(state, 10 * chunk), "r3") == [], "no idle worker"
 
 
 def test_a_posted_phase_counts_the_run_s_helpers_before_queuing_more(
