@@ -44,7 +44,8 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
     ),
     "DICOM_INBOX_HELPER_JOBS": (
         4,
-        "Helper jobs an import queues per phase so other workers join it; 0 = none.",
+        "Helper jobs an import keeps at most (queued as it starts or a phase needs them) so "
+        "other workers join it; 0 = none.",
     ),
     "DICOM_INBOX_LEASE_SECONDS": (
         30,
