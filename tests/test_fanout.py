@@ -3,11 +3,13 @@ waits for an earlier run's live claims, and three worker processes share one imp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -189,14 +191,20 @@ def test_a_helper_that_never_renews_stops_counting(state: InboxState) -> None:
     assert roll.count() == 0, "a dead (or still queued) helper lapses"
 
 
-def _with_idle_workers(state: InboxState, n: int) -> list[Worker]:
+@contextlib.contextmanager
+def _idle_workers(state: InboxState, n: int) -> Iterator[list[Worker]]:
+    """``n`` workers registered on the queue (none running) for the block's length."""
     workers = [
         Worker([state.queue], connection=state.redis, name=f"idle-{i}-{os.getpid()}")
         for i in range(n)
     ]
     for worker in workers:
         worker.register_birth()
-    return workers
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.register_death()
 
 
 def _record(state: InboxState, files: int) -> Any:
@@ -215,8 +223,7 @@ def test_helpers_are_queued_ahead_for_idle_workers_when_there_will_be_chunks(
     state: InboxState,
 ) -> None:
     chunk = state.config.chunk_files
-    workers = _with_idle_workers(state, 2)
-    try:
+    with _idle_workers(state, 2):
         assert queue_helpers_ahead(state, _record(state, chunk), "r1") == [], "one chunk: no help"
         record = _record(state, 10 * chunk)
         jobs = queue_helpers_ahead(state, record, "r2")
@@ -224,9 +231,6 @@ def test_helpers_are_queued_ahead_for_idle_workers_when_there_will_be_chunks(
         assert all(job.args == (record.id, "r2", "headers") for job in jobs), "first phase on"
         roll = HelperRoll(state.redis, state.config.key_prefix, record.id, "r2", seconds=30)
         assert roll.count() == 2, "counted from the moment they are queued"
-    finally:
-        for worker in workers:
-            worker.register_death()
     assert queue_helpers_ahead(state, _record(state, 10 * chunk), "r3") == [], "no idle worker"
 
 
@@ -240,14 +244,10 @@ def test_a_posted_phase_counts_the_run_s_helpers_before_queuing_more(
     )
     assert roll.count() == 1, "a queued helper counts at once"
     assert start_helpers(state, record, "r1", "store", 3) == [], "no idle worker for more"
-    workers = _with_idle_workers(state, 5)
-    try:
+    with _idle_workers(state, 5):
         assert len(start_helpers(state, record, "r1", "store", 3)) == 2, "3 wanted, 1 there"
         assert roll.count() == 3
         assert start_helpers(state, record, "r1", "store", 3) == []
-    finally:
-        for worker in workers:
-            worker.register_death()
 
 
 def test_small_chunks_and_helpers_in_one_worker_import_every_file_once(
@@ -286,21 +286,12 @@ def test_idle_workers_counts_the_queue_s_workers_less_its_running_jobs(
     state: InboxState,
 ) -> None:
     assert idle_workers(state) == 0
-    workers = [
-        Worker([state.queue], connection=state.redis, name=f"idle-{n}-{os.getpid()}")
-        for n in range(3)
-    ]
-    for worker in workers:
-        worker.register_birth()
-    try:
+    with _idle_workers(state, 3) as workers:
         assert idle_workers(state) == 3
         job = state.queue.enqueue(len, "x")
         workers[0].prepare_execution(job)  # RQ's own step: the job enters the started registry
         assert idle_workers(state) == 2
         job.delete()
-    finally:
-        for worker in workers:
-            worker.register_death()
     assert idle_workers(state) == 0
 
 
