@@ -94,7 +94,8 @@ def submit_import(
     options: dict[str, Any] = {"destination": destination}
     if prepared.file_count is not None:
         options["fileCount"] = prepared.file_count
-        options["byteCount"] = prepared.byte_count
+        if prepared.byte_count is not None:  # counted only under a byte limit
+            options["byteCount"] = prepared.byte_count
     try:
         with state.redis.lock(
             f"{state.config.key_prefix}submit-lock", timeout=30, blocking_timeout=10

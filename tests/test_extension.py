@@ -68,3 +68,32 @@ def test_extension_does_not_keep_the_app(app: Flask) -> None:
     ext = DicomInbox.state(app).extension
     assert not hasattr(ext, "app")
     assert app.extensions["dicom_inbox"].extension is ext
+
+
+def test_new_redis_connections_do_not_read_the_package_metadata(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every RQ work-horse opens its connections anew; redis-py 7+ read their version from
+    the package metadata for each one (5-6 ms) unless it is handed over."""
+    import importlib.metadata
+    import importlib.util
+
+    import redis
+
+    state = DicomInbox.state(app)
+    looked_up: list[str] = []
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata, "version", lambda name: looked_up.append(name) or real_version(name)
+    )
+    state.redis.connection_pool.disconnect()
+    state.redis.connection_pool.reset()  # as in a forked work-horse: no connection left
+    assert state.redis.ping()
+    assert looked_up == []
+    plain = redis.Redis.from_url(state.config.redis_url)  # the control: redis-py's default
+    try:
+        plain.ping()
+    finally:
+        plain.close()
+    if importlib.util.find_spec("redis.driver_info") is not None:  # redis-py 7 and later
+        assert looked_up == ["redis"]

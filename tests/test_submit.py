@@ -237,6 +237,30 @@ def test_413_over_the_configured_limits(
     assert "more than the limit of 100 bytes" in body["message"]
 
 
+def test_the_count_takes_regular_files_only_and_sizes_them_only_under_a_byte_limit(
+    tmp_path: Path,
+) -> None:
+    from flask_dicom_inbox.handlers.inbox import count_files
+
+    folder = tmp_path / "session"
+    (folder / "a" / "b").mkdir(parents=True)
+    (folder / "empty").mkdir()
+    for path, size in [("one.dcm", 10), ("a/two.dcm", 20), ("a/b/three", 30), ("a/b/.four", 40)]:
+        (folder / path).write_bytes(b"x" * size)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "not-ours.dcm").write_bytes(b"y" * 1000)
+    (folder / "a" / "linked-folder").symlink_to(outside)
+    (folder / "a" / "linked-file.dcm").symlink_to(outside / "not-ours.dcm")
+    os.mkfifo(folder / "a" / "pipe")
+    assert count_files(folder, max_files=0, max_bytes=0) == (4, None)
+    assert count_files(folder, max_files=4, max_bytes=100) == (4, 100)
+    with pytest.raises(Exception, match="more than the limit of 99 bytes"):
+        count_files(folder, max_files=0, max_bytes=99)
+    with pytest.raises(Exception, match="more than the limit of 3 files"):
+        count_files(folder, max_files=3, max_bytes=0)
+
+
 def test_answers_formats_and_aliases(client: FlaskClient, session: Path, inbox: Path) -> None:
     txt = submit(client, PROJECT_ID="test_proj", EXPT_LABEL="f1", path=str(session), format="txt")
     assert txt.status_code == 200

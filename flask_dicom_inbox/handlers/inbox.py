@@ -59,34 +59,46 @@ def resolve_inbox_path(path: str | None, inbox_root: Path) -> InboxPath:
     return InboxPath(real_path=real, inbox_project=project_folder)
 
 
-def count_files(folder: Path, *, max_files: int, max_bytes: int) -> tuple[int, int]:
-    """Count regular files and bytes under ``folder`` without following symlinks.
+def count_files(folder: Path, *, max_files: int, max_bytes: int) -> tuple[int, int | None]:
+    """Count the regular files under ``folder`` without following symlinks, and their bytes
+    when ``max_bytes`` limits them (else ``None``).
 
-    Stops early with a 413 once a non-zero limit is passed.
+    The count comes from the directory entries' types, with no system call per file (a stat
+    of each one cost the POST 0.4 s at 50,000 files); only a byte limit needs their sizes.
+    Unreadable folders and files gone meanwhile are passed over, as the walk of the import
+    reports them. Stops early with a 413 once a non-zero limit is passed.
     """
     files = 0
     total = 0
-    for dirpath, _dirs, names in os.walk(folder, followlinks=False):
-        for name in names:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            files += 1
-            total += st.st_size
-            if max_files and files > max_files:
-                raise PayloadTooLarge(
-                    f"the folder holds more than the limit of {max_files} files",
-                    errors={"path": [f"more than {max_files} files"]},
-                )
-            if max_bytes and total > max_bytes:
-                raise PayloadTooLarge(
-                    f"the folder holds more than the limit of {max_bytes} bytes",
-                    errors={"path": [f"more than {max_bytes} bytes"]},
-                )
-    return files, total
+    pending = [os.fspath(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                            continue
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        if max_bytes:
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+                    files += 1
+                    if max_files and files > max_files:
+                        raise PayloadTooLarge(
+                            f"the folder holds more than the limit of {max_files} files",
+                            errors={"path": [f"more than {max_files} files"]},
+                        )
+                    if max_bytes and total > max_bytes:
+                        raise PayloadTooLarge(
+                            f"the folder holds more than the limit of {max_bytes} bytes",
+                            errors={"path": [f"more than {max_bytes} bytes"]},
+                        )
+        except OSError:
+            continue
+    return files, (total if max_bytes else None)
 
 
 class InboxHandler:
@@ -135,7 +147,7 @@ class InboxHandler:
                 errors={"path": ["not a folder"]},
             )
         cfg = submission.config
-        # Always counted (a stat per file, no read): the job timeout grows with the count.
+        # Always counted (no file is read): the job timeout and the helpers follow the count.
         files, size = count_files(real, max_files=cfg.max_files, max_bytes=cfg.max_bytes)
         if files == 0:
             raise _empty(params.path)
