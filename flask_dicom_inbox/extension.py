@@ -87,16 +87,15 @@ class InboxState:
         """
         from . import signals
 
-        if record is None:
-            return
+        sent = getattr(signals, name)
+        receivers = [] if sent.is_muted else list(sent.receivers_for(self.app))
+        if record is None or not receivers:
+            return  # nobody listens: the record is not read again
         try:  # the caller's copy may predate the status change it announces
             record = self.store.get(record.id) or record
         except redis.exceptions.RedisError:
             pass  # the caller's copy is still the request; the import notices Redis itself
-        sent = getattr(signals, name)
-        if sent.is_muted:
-            return
-        for receiver in sent.receivers_for(self.app):
+        for receiver in receivers:
             try:
                 receiver(self.app, request=record)
             except JobTimeoutException:

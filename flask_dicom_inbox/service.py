@@ -234,7 +234,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None, l
     if record.status == QUEUED:
         store.set_status(rid, ACCEPTED, "a worker took the request")
     store.set_status(rid, IMPORTING, "importing")
-    state.signal("import_started", store.get(rid) or record)
+    state.signal("import_started", record)  # sent as stored now
 
     def on_progress(_totals: dict[str, int]) -> None:
         if job is not None:  # the request's counters: every chunk's worker adds to them
@@ -287,7 +287,7 @@ def _execute_locked(state: InboxState, record: ImportRequest, job: Job | None, l
     store.set_result(rid, sessions=sessions, resolution=resolution)
     files = sum(int(s["files"]) for s in sessions)
     store.set_status(rid, COMPLETED, f"{files} file(s) imported into {len(sessions)} session(s)")
-    state.signal("import_finished", store.get(rid))
+    state.signal("import_finished", record)
     return COMPLETED
 
 
@@ -301,7 +301,7 @@ def _fail(state: InboxState, request_id: int, message: str) -> str:
     current = state.store.get(request_id)
     if current is not None and not current.finished:
         state.store.set_status(request_id, FAILED, message)
-    state.signal("import_finished", state.store.get(request_id))
+    state.signal("import_finished", current)
     return FAILED
 
 

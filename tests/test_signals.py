@@ -132,3 +132,33 @@ def test_a_raising_receiver_breaks_neither_the_import_nor_other_receivers(
         if r.exc_info and "the host's receiver is broken" in str(r.exc_info[1])
     ]
     assert len({id(r) for r in logged}) == 3, "each failure is logged"
+
+
+def test_a_signal_nobody_hears_does_not_read_the_record(
+    app: Flask, state: InboxState, client: FlaskClient, inbox: Path, monkeypatch: Any
+) -> None:
+    """Each signal re-reads the request for its receivers; with none, that read is skipped
+    (three a request, on the web and the worker side)."""
+    session = inbox / "test_proj" / "unheard"
+    write_session(session, series=1, files_per_series=1, rows=8, columns=8)
+    rid = _request_id(submit(client, PROJECT_ID="test_proj", path=session))
+    record = state.store.get(rid)
+    assert record is not None
+    reads: list[int] = []
+    real_get = state.store.get
+    monkeypatch.setattr(state.store, "get", lambda i: reads.append(i) or real_get(i))
+    for name in ("import_queued", "import_started", "import_finished"):
+        state.signal(name, record)
+    assert reads == []
+    heard: list[str] = []
+
+    def receiver(sender: Any, *, request: ImportRequest) -> None:
+        heard.append(request.status)
+
+    import_started.connect(receiver, sender=app)
+    try:
+        state.store.set_status(rid, "Accepted", "a worker took the request")
+        state.signal("import_started", record)  # a copy from before the change
+    finally:
+        import_started.disconnect(receiver, sender=app)
+    assert reads == [rid] and heard == ["Accepted"]
