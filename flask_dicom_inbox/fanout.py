@@ -31,6 +31,13 @@ KEY_TTL = 7 * 24 * 3600
 
 _POST_BATCH = 16
 
+#: The longest a waiting helper or coordinator blocks in Redis before it looks around again
+#: (renews its roll entry, asks whether the run goes on, looks for lapsed claims). The post
+#: of a phase and the end of each chunk wake the waiters at once; a 10 ms poll cost each
+#: phase up to 10 ms at its start and as much at its end, and a waiting helper four Redis
+#: calls every 10 ms.
+WAIT_SECONDS = 0.05
+
 #: ``(payload, heartbeat) -> result``: the work on one chunk. Call ``heartbeat()`` often.
 ChunkWork = Callable[[Any, Callable[[], None]], Any]
 
@@ -116,8 +123,17 @@ class ChunkBoard:
         if count:
             pipe.rpush(self._k("pending"), *range(count))
             pipe.expire(self._k("pending"), KEY_TTL)
+        # One token wakes every helper blocked in wait_for_post(): each takes it and puts it
+        # back in one step, so it stays for the next (and for a helper that comes later).
+        pipe.delete(self._k("posted"))
+        pipe.rpush(self._k("posted"), 1)
+        pipe.expire(self._k("posted"), KEY_TTL)
         pipe.execute()
         return count
+
+    def wait_for_post(self, timeout: float) -> None:
+        """Block until the phase is posted, at most ``timeout`` seconds."""
+        self._r.brpoplpush(self._k("posted"), self._k("posted"), timeout=timeout)
 
     def meta(self) -> dict[str, Any] | None:
         raw = self._r.get(self._k("meta"))
@@ -150,10 +166,22 @@ class ChunkBoard:
         pipe.sadd(self._k("done"), index)
         pipe.expire(self._k("done"), KEY_TTL)
         pipe.delete(self._k(f"claim:{index}"))
+        pipe.rpush(self._k("finished"), index)  # wakes the coordinator's wait_for_finish()
+        pipe.expire(self._k("finished"), KEY_TTL)
         pipe.execute()
 
     def done_count(self) -> int:
         return int(self._r.scard(self._k("done")))
+
+    def wait_for_finish(self, timeout: float) -> None:
+        """Block until a chunk is finished (since the last call), at most ``timeout``
+        seconds; the caller then counts the done chunks.
+
+        The wake-ups queued meanwhile (one per chunk, the caller's own included) are dropped
+        after the first: the count the caller reads next already holds their chunks.
+        """
+        if self._r.blpop([self._k("finished")], timeout=timeout) is not None:
+            self._r.delete(self._k("finished"))
 
     def reclaim_lapsed(self) -> list[int]:
         """Post again each chunk neither done, pending nor claimed (its taker died)."""
@@ -217,7 +245,7 @@ def await_posting(
     *,
     may_wait: Callable[[], bool],
     patience: float,
-    poll_seconds: float = 0.01,
+    poll_seconds: float = WAIT_SECONDS,
 ) -> dict[str, Any] | None:
     """A helper between phases: the phase's meta once the coordinator posts it, or None.
 
@@ -236,7 +264,7 @@ def await_posting(
             return board.meta()  # posted meanwhile: the coordinator counted on this helper
         deadline.check()
         roll.renew(helper)
-        time.sleep(poll_seconds)
+        board.wait_for_post(max(0.001, min(poll_seconds, give_up - time.monotonic())))
 
 
 class _Heartbeat:
@@ -280,7 +308,7 @@ def run_phase(
     *,
     start_helpers: Callable[[int], object],
     max_helpers: int,
-    poll_seconds: float = 0.01,
+    poll_seconds: float = WAIT_SECONDS,
     keep_going: Callable[[], bool] = lambda: True,
 ) -> Iterator[Any]:
     """The coordinator's side of a phase: post, ask for help, work, wait; then each chunk's
@@ -299,7 +327,7 @@ def run_phase(
         if board.done_count() >= total:
             return board.results()
         if not board.reclaim_lapsed():
-            time.sleep(poll_seconds)
+            board.wait_for_finish(poll_seconds)
 
 
 def begin_run(

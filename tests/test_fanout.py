@@ -181,6 +181,69 @@ def test_a_phase_posted_as_its_helper_gives_up_is_still_taken(state: InboxState)
     assert meta == {"late": True}
 
 
+def test_waiting_helpers_wake_when_the_phase_is_posted_not_at_their_next_look(
+    state: InboxState,
+) -> None:
+    """Helpers blocked in Redis between phases (however long they would block) all start the
+    moment the coordinator posts, and a helper arriving later finds the phase at once."""
+    board, roll = _board(state), _roll(state)
+    woke: dict[str, float] = {}
+
+    def helper(name: str) -> None:
+        meta = await_posting(board, roll, name, may_wait=lambda: True, patience=30, poll_seconds=10)
+        assert meta == {"phase": 2}
+        woke[name] = time.monotonic()
+
+    threads = [threading.Thread(target=helper, args=(f"h{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    assert not woke and roll.count() == 3, "all three wait, blocked in Redis"
+    posted = time.monotonic()
+    board.post([[1], [2]], {"phase": 2})
+    for thread in threads:
+        thread.join(5)
+    assert sorted(woke) == ["h0", "h1", "h2"]
+    assert max(woke.values()) - posted < 2, "woken by the post, not by their 10 s timeout"
+    started = time.monotonic()
+    assert await_posting(board, roll, "h3", may_wait=lambda: True, patience=30) == {"phase": 2}
+    assert time.monotonic() - started < 2
+
+
+def test_the_coordinator_wakes_when_a_helper_finishes_the_last_chunk(state: InboxState) -> None:
+    """At the end of a phase the coordinator waits for the helpers' chunks blocked in Redis,
+    and the end of the last one wakes it (not its next look, here 10 s away)."""
+    board = _board(state)
+    release = threading.Event()
+    finished: list[float] = []
+
+    def helper() -> None:  # takes the first chunk and holds it until released
+        taken = _board(state).take()
+        assert taken is not None
+        release.wait(10)
+        _board(state).finish(taken[0], _square(taken[1], lambda: None))
+        finished.append(time.monotonic())
+
+    def start_helpers(_n: int) -> None:
+        threading.Thread(target=helper).start()
+        time.sleep(0.2)  # the helper has taken chunk 0 before the coordinator looks
+
+    threading.Timer(0.6, release.set).start()
+    results = list(
+        run_phase(
+            board,
+            [[2], [3]],
+            {},
+            _square,
+            start_helpers=start_helpers,
+            max_helpers=1,
+            poll_seconds=10,
+        )
+    )
+    assert results == [[4], [9]]
+    assert finished and time.monotonic() - finished[0] < 2, "woken by the helper's finish"
+
+
 def test_a_helper_that_never_renews_stops_counting(state: InboxState) -> None:
     roll = _roll(state, seconds=1)
     assert roll.renew("queued-helper") == 1
