@@ -135,7 +135,11 @@ def test_a_raising_receiver_breaks_neither_the_import_nor_other_receivers(
 
 
 def test_a_signal_nobody_hears_does_not_read_the_record(
-    app: Flask, state: InboxState, client: FlaskClient, inbox: Path, monkeypatch: Any
+    app: Flask,
+    state: InboxState,
+    client: FlaskClient,
+    inbox: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Each signal re-reads the request for its receivers; with none, that read is skipped
     (three a request, on the web and the worker side)."""

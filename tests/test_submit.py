@@ -240,6 +240,7 @@ def test_413_over_the_configured_limits(
 def test_the_count_takes_regular_files_only_and_sizes_them_only_under_a_byte_limit(
     tmp_path: Path,
 ) -> None:
+    from flask_dicom_inbox.errors import PayloadTooLarge
     from flask_dicom_inbox.handlers.inbox import count_files
 
     folder = tmp_path / "session"
@@ -255,9 +256,9 @@ def test_the_count_takes_regular_files_only_and_sizes_them_only_under_a_byte_lim
     os.mkfifo(folder / "a" / "pipe")
     assert count_files(folder, max_files=0, max_bytes=0) == (4, None)
     assert count_files(folder, max_files=4, max_bytes=100) == (4, 100)
-    with pytest.raises(Exception, match="more than the limit of 99 bytes"):
+    with pytest.raises(PayloadTooLarge, match="more than the limit of 99 bytes"):
         count_files(folder, max_files=0, max_bytes=99)
-    with pytest.raises(Exception, match="more than the limit of 3 files"):
+    with pytest.raises(PayloadTooLarge, match="more than the limit of 3 files"):
         count_files(folder, max_files=3, max_bytes=0)
 
 
