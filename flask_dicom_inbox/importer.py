@@ -243,15 +243,16 @@ def _rel(root: Path, path: Path) -> str:
 
 # -- chunk work: runs in the coordinator or in any helper job ---------------------------------
 def read_header_chunk(
-    payload: Sequence[Sequence[str]],
+    payload: Sequence[str],
     heartbeat: Callable[[], None],
     *,
     max_inflated_bytes: int,
     report: ProgressReporter,
 ) -> list[dict[str, Any]]:
-    """``[[path, rel], ...]`` -> per file ``{"h": header fields}`` or ``{"e": reason}``."""
+    """Paths -> per file ``{"h": [the header's fields, in DicomHeader's order]}`` or
+    ``{"e": reason}``: fields by position, as the coordinator decodes every file's result."""
     out: list[dict[str, Any]] = []
-    for path, _rel_name in payload:
+    for path in payload:
         heartbeat()
         try:
             header = read_header(path, max_inflated_bytes=max_inflated_bytes)
@@ -263,7 +264,7 @@ def read_header_chunk(
             out.append({"e": f"cannot read: {exc.strerror or exc}"})
             report.add(filesDone=1, filesSkipped=1)
             continue
-        out.append({"h": {name: getattr(header, name) for name in HEADER_FIELDS}})
+        out.append({"h": [getattr(header, name) for name in HEADER_FIELDS]})
     report.flush()
     return out
 
@@ -271,10 +272,10 @@ def read_header_chunk(
 class FileStorer:
     """Stores one chunk of planned files: every file written first, one sync, then named.
 
-    A planned file is a dict: ``src``, ``rel``, ``size``, ``mtime``, ``ino`` (the scan's
-    stat), ``dir`` (the scan folder), ``name`` (``None``: XNAT's template name from the
-    written header), ``label`` and ``subject`` (script variables). Each result is
-    ``{"n": bytes, "how": "write"|"copy"|"move"|"existing", "name": ...}`` or
+    A planned file is a dict: ``src``, ``size``, ``mtime``, ``ino`` (the scan's stat),
+    ``dir`` (the scan folder), ``name`` (``None``: XNAT's template name from the written
+    header), ``label`` and ``subject`` (script variables), ``study`` (for the ledger). Each
+    result is ``{"n": bytes, "how": "write"|"copy"|"move"|"existing", "name": ...}`` or
     ``{"e": reason}`` (with ``"full": true`` when the destination filled up).
     """
 
@@ -658,14 +659,14 @@ class ImportEngine:
     # -- headers ----------------------------------------------------------------------------
     def _read_headers(self, table: FileTable) -> None:
         """Read each file's header (in chunks) into the table; non-DICOM files are reported."""
-        items = ([path, self._relative(path)] for _id, path in table.paths())
+        items = (path for _id, path in table.paths())
         results = self._run_chunks(HEADERS, items, table.file_count(), {})
         opts = self.options
 
         def readable() -> Iterator[tuple[int, DicomHeader, str, str, str]]:
             for (fid, path), result in zip(table.paths(), results, strict=True):
                 if "h" in result:
-                    header = DicomHeader(**result["h"])
+                    header = DicomHeader(*result["h"])
                     yield (
                         fid,
                         header,
@@ -757,7 +758,6 @@ class ImportEngine:
             scan_dir, session = self._scans[scan]
             yield {
                 "src": path,
-                "rel": self._relative(path),
                 "size": size,
                 "mtime": mtime,
                 "ino": ino,

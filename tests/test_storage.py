@@ -172,7 +172,7 @@ def _move(source: Path, dest_dir: Path, name: str) -> dict[str, Any]:
     )  # fmt: skip
     storer = FileStorer(options=options, anonymization=(), report=_NoProgress())  # type: ignore[arg-type]
     item = {
-        "src": str(source), "rel": source.name, "size": st.st_size, "mtime": st.st_mtime_ns,
+        "src": str(source), "size": st.st_size, "mtime": st.st_mtime_ns,
         "ino": st.st_ino, "dir": str(dest_dir), "name": name, "label": "l", "subject": "s",
         "study": "1.2",
     }  # fmt: skip
