@@ -269,6 +269,15 @@ def read_header_chunk(
     return out
 
 
+def header_of_result(fields: Sequence[str] | Mapping[str, str]) -> DicomHeader:
+    """The header from a header chunk's result: fields by position, or by name as helpers of
+    earlier versions sent them (a rolling upgrade: by position, a mapping's keys would be
+    taken for its values)."""
+    if isinstance(fields, Mapping):
+        return DicomHeader(**fields)
+    return DicomHeader(*fields)
+
+
 class FileStorer:
     """Stores one chunk of planned files: every file written first, one sync, then named.
 
@@ -666,7 +675,7 @@ class ImportEngine:
         def readable() -> Iterator[tuple[int, DicomHeader, str, str, str]]:
             for (fid, path), result in zip(table.paths(), results, strict=True):
                 if "h" in result:
-                    header = DicomHeader(*result["h"])
+                    header = header_of_result(result["h"])
                     yield (
                         fid,
                         header,

@@ -4,6 +4,7 @@ waits for an earlier run's live claims, and three worker processes share one imp
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from rq.registry import FinishedJobRegistry
 
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
+from flask_dicom_inbox.dicom import read_header
 from flask_dicom_inbox.fanout import (
     ChunkBoard,
     HelperRoll,
@@ -33,7 +35,13 @@ from flask_dicom_inbox.fanout import (
     run_phase,
     work_through,
 )
-from flask_dicom_inbox.importer import chunk_sizes
+from flask_dicom_inbox.filetable import HEADER_FIELDS
+from flask_dicom_inbox.importer import (
+    ProgressReporter,
+    chunk_sizes,
+    header_of_result,
+    read_header_chunk,
+)
 from flask_dicom_inbox.service import idle_workers, queue_helpers_ahead, start_helpers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
@@ -62,6 +70,23 @@ def test_every_chunk_is_done_once_and_results_come_back_in_order(state: InboxSta
     assert started == [3], "min(chunks - 1, max_helpers) helpers asked for"
     assert board.meta() == {"k": 1}
     assert board.done_count() == 10
+
+
+def test_header_results_travel_by_position_and_named_ones_of_earlier_helpers_still_read(
+    state: InboxState, tmp_path: Path
+) -> None:
+    files = [str(p) for p in write_session(tmp_path / "s", series=1, files_per_series=3).files]
+    (tmp_path / "notes.txt").write_text("not DICOM")
+    chunk = [*files, str(tmp_path / "notes.txt")]
+    report = ProgressReporter(state.store, 1, 10**6)
+    sent = read_header_chunk(chunk, lambda: None, max_inflated_bytes=1 << 20, report=report)
+    results = json.loads(json.dumps(sent))  # as the board carries it between workers
+    assert [sorted(r) for r in results] == [["h"]] * 3 + [["e"]]
+    expected = [read_header(path, max_inflated_bytes=1 << 20) for path in files]
+    assert all(isinstance(r["h"], list) for r in results[:3])  # by position, not by name
+    assert [header_of_result(r["h"]) for r in results[:3]] == expected
+    named = [{n: getattr(h, n) for n in HEADER_FIELDS} for h in expected]  # as sent before
+    assert [header_of_result(fields) for fields in named] == expected
 
 
 def test_a_single_chunk_asks_for_no_helper(state: InboxState) -> None:
