@@ -151,6 +151,47 @@ def test_a_new_run_waits_for_the_live_claims_of_the_old_one(state: InboxState) -
     assert state.redis.get(run_key(prefix, 7)) is None
 
 
+def test_a_run_s_end_deletes_its_keys_by_name_and_no_other_key(state: InboxState) -> None:
+    """Two phases (one of 1,200 chunks, so deletion spans batches), claims, results, a roll
+    and a post cut short: every key of the run goes at its end, and no SCAN is made (one
+    read the whole keyspace of the shared Redis at each request's end)."""
+    prefix = state.config.key_prefix
+    run = begin_run(state.redis, prefix, 7, claim_seconds=30)
+    neighbour = f"{prefix}request:70:run:{run}:headers:chunk:0"  # another request's key
+    state.redis.set(neighbour, "x")
+    big = ChunkBoard(state.redis, prefix, 7, run, "headers", claim_seconds=30)
+    big.post(([i] for i in range(1200)), {})
+    work_through(big, _square, keep_going=lambda: big.done_count() < 1100)
+    assert big.take() is not None  # a claim left alive
+    store = ChunkBoard(state.redis, prefix, 7, run, "store", claim_seconds=30)
+
+    def cut_short() -> Iterator[list[int]]:
+        yield from ([i] for i in range(40))
+        raise RuntimeError("the coordinator died while posting")
+
+    with pytest.raises(RuntimeError):
+        store.post(cut_short(), {})
+    _roll(state, run=run).renew("helper-1")
+    base = f"{prefix}request:7:run:{run}:"
+    assert len(list(state.redis.scan_iter(match=f"{base}*", count=1000))) > 2300
+    commands: list[str] = []
+    real = state.redis.execute_command
+
+    def recorded(*args: Any, **options: Any) -> Any:
+        commands.append(str(args[0]).upper())
+        return real(*args, **options)
+
+    state.redis.execute_command = recorded  # type: ignore[method-assign]
+    try:
+        end_run(state.redis, prefix, 7, run)
+    finally:
+        del state.redis.execute_command
+    assert "SCAN" not in commands and "KEYS" not in commands
+    assert list(state.redis.scan_iter(match=f"{base}*", count=1000)) == []
+    assert state.redis.get(neighbour) == b"x"
+    state.redis.delete(neighbour)
+
+
 def _roll(state: InboxState, run: str = "r1", seconds: int = 30) -> HelperRoll:
     return HelperRoll(state.redis, state.config.key_prefix, 7, run, seconds=seconds)
 
