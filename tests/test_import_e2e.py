@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pydicom
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from pydicom.data import get_testdata_file
@@ -132,6 +133,44 @@ def test_seed_request_imports_into_prearchive(
     assert sorted(p.name for p in (session_dir / "SCANS").iterdir()) == ["1", "2"]
     assert all(p.is_file() for p in generated.files), "copy mode must keep the sources"
     assert not list(state.config.prearchive_path.rglob(".dicom-inbox-tmp-*"))
+
+
+def test_each_folder_the_plan_makes_is_made_durable_in_its_parent_once_before_any_file(
+    app: Flask,
+    client: FlaskClient,
+    inbox: Path,
+    state: InboxState,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parents of the session's new folders are fsync'd (really) once each, after the
+    last folder is made and before the first file is named in them."""
+    import flask_dicom_inbox.importer as importer
+
+    session = inbox / "test_proj" / "durable"
+    write_session(session, series=3, files_per_series=2)
+    synced: list[tuple[Path, int]] = []  # (folder, files named under the prearchive then)
+    prearchive = Path(state.config.prearchive_path)
+
+    def recorded_fsync_dir(path: Path) -> None:
+        synced.append((Path(path), sum(1 for p in prearchive.rglob("*.dcm"))))
+        importer_fsync_dir(path)
+
+    importer_fsync_dir = importer.fsync_dir
+    monkeypatch.setattr(importer, "fsync_dir", recorded_fsync_dir)
+    rid = _request_id(
+        submit(
+            client, PROJECT_ID="test_proj", SUBJECT_ID="s", EXPT_LABEL="durable", path=str(session)
+        )
+    )
+    run_worker(app)
+    assert _status(client, rid)["status"] == "Completed"
+    (folder,) = prearchive.glob("test_proj/*/durable")
+    scans = sorted((folder / "SCANS").iterdir())
+    assert len(scans) == 3
+    made_in = [folder.parent.parent, folder.parent, folder, folder / "SCANS", *scans]
+    plan_syncs = [(p, named) for p, named in synced if p in made_in]
+    assert sorted(p for p, _ in plan_syncs) == sorted(made_in), "each parent once"
+    assert all(named == 0 for _, named in plan_syncs), "before any file is named"
 
 
 def test_auto_archive_project_imports_into_archive(
