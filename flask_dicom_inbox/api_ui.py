@@ -84,7 +84,7 @@ def session_href(base: str, url: object) -> str | None:
     return None
 
 
-def _row(base: str, record: ImportRequest) -> RequestRow:
+def _row(base: str, record: ImportRequest, errors_total: int) -> RequestRow:
     status = record.to_status()
     progress = status["progress"]
     created = datetime.fromtimestamp(int(status["created"] or 0) / 1000, tz=timezone.utc)
@@ -117,7 +117,7 @@ def _row(base: str, record: ImportRequest) -> RequestRow:
             {"path": str(e.get("path", "")), "reason": str(e.get("reason", ""))}
             for e in errors[:MAX_ERRORS]
         ],
-        errors_total=len(errors),
+        errors_total=errors_total,
     )
 
 
@@ -136,12 +136,16 @@ def add_status_page_routes(bp: Blueprint) -> None:
         """The user's requests (an admin's: everyone's), newest first."""
         user = current_user()
         base = f"{request.script_root}{_state().config.url_prefix}"
-        records = _state().store.list_requests(username=None if user.is_admin else user.username)
-        rows: list[RequestRow] = [_row(base, r) for r in records[:MAX_ROWS]]
+        store = _state().store
+        # Only the rows shown are read: a full list read every request ever made (with its
+        # errors and history) at each load of the page.
+        ids = store.ids(username=None if user.is_admin else user.username)
+        heads = (store.get_head(i, MAX_ERRORS) for i in ids[:MAX_ROWS])
+        rows: list[RequestRow] = [_row(base, *head) for head in heads if head is not None]
         html = render_template(
             "dicom_inbox/status.html",
             rows=rows,
-            total=len(records),
+            total=len(ids),
             max_rows=MAX_ROWS,
             max_errors=MAX_ERRORS,
             poll_ms=POLL_MS,

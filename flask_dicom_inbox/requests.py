@@ -11,7 +11,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -96,6 +96,15 @@ class ImportRequest:
         }
 
 
+class ActiveRequest(NamedTuple):
+    """An unfinished request as :meth:`RequestStore.active` lists it."""
+
+    id: int
+    session_path: str
+    status: str
+    timestamp: int
+
+
 class RequestStore:
     """Reads and writes :class:`ImportRequest` records under one key prefix."""
 
@@ -178,6 +187,19 @@ class RequestStore:
             return None
         return self._from_raw(raw, errors, history)
 
+    def get_head(self, request_id: int, max_errors: int) -> tuple[ImportRequest, int] | None:
+        """The request with its first ``max_errors`` errors only, and how many it has (a
+        page of rows need not decode 20,000 errors of a folder of non-DICOM files)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self._key(request_id))
+        pipe.lrange(self._key(request_id, ":errors"), 0, max(0, max_errors) - 1)
+        pipe.lrange(self._key(request_id, ":history"), 0, -1)
+        pipe.llen(self._key(request_id, ":errors"))
+        raw, errors, history, count = pipe.execute()
+        if not raw:
+            return None
+        return self._from_raw(raw, errors[: max(0, max_errors)], history), int(count)
+
     @staticmethod
     def _from_raw(
         raw: dict[bytes, bytes], errors: list[bytes], history: list[bytes]
@@ -221,12 +243,26 @@ class RequestStore:
         found = (self.get(i) for i in self.ids(username=username, active_only=active_only))
         return [r for r in found if r is not None]
 
-    def active(self) -> Iterator[ImportRequest]:
-        """Every unfinished request (for recovery and for path-overlap checks)."""
-        for raw_id in sorted(self.redis.smembers(self._active_key)):
-            found = self.get(int(raw_id))
-            if found is not None and not found.finished:
-                yield found
+    def active(self) -> Iterator[ActiveRequest]:
+        """Every unfinished request, oldest first: its id, folder, status and timestamp only.
+
+        What recovery and the path-overlap check of every submission need; a full read
+        decodes each request's errors and history too (a POST took 265 ms, not 8, beside 5
+        unfinished requests of 20,000 errors each).
+        """
+        ids = sorted(int(i) for i in self.redis.smembers(self._active_key))
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id in ids:
+            pipe.hmget(self._key(request_id), "fixed", "status", "timestamp")
+        for request_id, (fixed, status, timestamp) in zip(ids, pipe.execute(), strict=True):
+            if fixed is None or status is None or status.decode() in FINISHED:
+                continue
+            yield ActiveRequest(
+                id=request_id,
+                session_path=str(json.loads(fixed)["session_path"]),
+                status=status.decode(),
+                timestamp=int(timestamp or 0),
+            )
 
     # -- updates ----------------------------------------------------------------------------
     def set_status(self, request_id: int, status: str, message: str = "") -> None:

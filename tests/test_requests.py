@@ -166,6 +166,47 @@ def test_set_status_of_unknown_request_raises_key_error(store: RequestStore) -> 
         store.set_status(987654321, ACCEPTED)
 
 
+def test_the_active_list_reads_each_request_s_folder_status_and_time_only(
+    store: RequestStore,
+) -> None:
+    """Every submission checks the unfinished requests' folders for overlap: their errors
+    and history (thousands of entries for a folder of non-DICOM files) are not read."""
+    first, second, done = _create(store), _create(store), _create(store)
+    store.add_errors(first.id, ({"path": f"{i}.txt", "reason": "not DICOM"} for i in range(100)))
+    store.set_status(second.id, ACCEPTED)
+    for status in (ACCEPTED, IMPORTING, COMPLETED):
+        store.set_status(done.id, status)
+    commands: list[str] = []
+    real = store.redis.execute_command
+    real_pipeline = store.redis.pipeline
+
+    def recorded(*args: Any, **options: Any) -> Any:
+        commands.append(str(args[0]).upper())
+        return real(*args, **options)
+
+    def recorded_pipeline(*args: Any, **options: Any) -> Any:
+        pipe = real_pipeline(*args, **options)
+        queue = pipe.pipeline_execute_command
+
+        def queued(*command: Any, **kw: Any) -> Any:
+            commands.append(str(command[0]).upper())
+            return queue(*command, **kw)
+
+        pipe.pipeline_execute_command = queued
+        return pipe
+
+    store.redis.execute_command = recorded
+    store.redis.pipeline = recorded_pipeline
+    try:
+        active = list(store.active())
+    finally:
+        del store.redis.execute_command, store.redis.pipeline
+    assert [(r.id, r.status) for r in active] == [(first.id, QUEUED), (second.id, ACCEPTED)]
+    assert active[0].session_path == first.session_path
+    assert active[1].timestamp >= second.created
+    assert "LRANGE" not in commands and "HGETALL" not in commands and commands
+
+
 @pytest.mark.parametrize("final", [COMPLETED, FAILED])
 def test_finished_requests_leave_the_active_set(store: RequestStore, final: str) -> None:
     done = _create(store)

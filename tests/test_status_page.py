@@ -103,6 +103,22 @@ def test_each_user_sees_their_own_requests(app: Flask, client: FlaskClient, inbo
     assert 'data-request-id="1"' in admin_page
 
 
+def test_a_row_shows_its_first_errors_and_counts_them_all(
+    app: Flask, client: FlaskClient, inbox: Path
+) -> None:
+    """A request of 50 errors: the page lists the first MAX_ERRORS and says how many more."""
+    from flask_dicom_inbox.api_ui import MAX_ERRORS
+
+    write_session(inbox / "test_proj" / "noisy", series=1, files_per_series=1, rows=8, columns=8)
+    assert submit(client, PROJECT_ID="test_proj", path=inbox / "test_proj" / "noisy")
+    store = DicomInbox.state(app).store
+    store.add_errors(1, ({"path": f"junk-{i}.txt", "reason": "not DICOM"} for i in range(50)))
+    page = client.get("/xapi/dicom/ui", headers=auth("admin")).get_data(as_text=True)
+    assert "50 file(s) skipped or failed" in page
+    assert f"junk-{MAX_ERRORS - 1}.txt" in page and f"junk-{MAX_ERRORS}.txt" not in page
+    assert f"and {50 - MAX_ERRORS} more" in page
+
+
 def test_status_page_honours_script_root_and_url_prefix(app_config: dict[str, Any]) -> None:
     prefixed = create_app({**app_config, "DICOM_INBOX_URL_PREFIX": "/xnat"})
     try:
