@@ -303,6 +303,11 @@ class RequestStore:
         pipe.hset(self._key(request_id), "timestamp", now_ms())
         pipe.execute()
 
+    def progress(self, request_id: int) -> dict[str, int]:
+        """The request's progress counters alone (its errors may be tens of thousands)."""
+        values = self.redis.hmget(self._key(request_id), PROGRESS_FIELDS)
+        return {k: int(v or 0) for k, v in zip(PROGRESS_FIELDS, values, strict=True)}
+
     def set_progress(self, request_id: int, **values: int) -> None:
         for name in values:
             if name not in PROGRESS_FIELDS:

@@ -210,3 +210,32 @@ def stop_workers(*procs: subprocess.Popen[bytes] | None) -> None:
             late.append(proc.pid)
     if late:
         raise AssertionError(f"worker process(es) {late} outlived their warm shutdown by 20 s")
+
+
+@contextlib.contextmanager
+def recorded_commands(conn: Any) -> Iterator[list[tuple[str, ...]]]:
+    """Every command ``conn`` sends meanwhile (pipelined ones too), as (NAME, key, ...):
+    what a change may no longer send (a SCAN of the keyspace, a read of every error)."""
+    commands: list[tuple[str, ...]] = []
+    send, make_pipeline = conn.execute_command, conn.pipeline
+
+    def sent(*args: Any, **options: Any) -> Any:
+        commands.append((str(args[0]).upper(), *map(str, args[1:2])))
+        return send(*args, **options)
+
+    def pipeline(*args: Any, **options: Any) -> Any:
+        pipe = make_pipeline(*args, **options)
+        queue = pipe.pipeline_execute_command
+
+        def queued(*command: Any, **kw: Any) -> Any:
+            commands.append((str(command[0]).upper(), *map(str, command[1:2])))
+            return queue(*command, **kw)
+
+        pipe.pipeline_execute_command = queued
+        return pipe
+
+    conn.execute_command, conn.pipeline = sent, pipeline
+    try:
+        yield commands
+    finally:
+        del conn.execute_command, conn.pipeline

@@ -45,7 +45,7 @@ from flask_dicom_inbox.importer import (
 from flask_dicom_inbox.service import idle_workers, queue_helpers_ahead, start_helpers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, run_worker, stop_workers, submit
+from .conftest import auth, recorded_commands, run_worker, stop_workers, submit
 
 
 def _board(state: InboxState, run: str = "r1", claim_seconds: int = 30) -> ChunkBoard:
@@ -174,19 +174,9 @@ def test_a_run_s_end_deletes_its_keys_by_name_and_no_other_key(state: InboxState
     _roll(state, run=run).renew("helper-1")
     base = f"{prefix}request:7:run:{run}:"
     assert len(list(state.redis.scan_iter(match=f"{base}*", count=1000))) > 2300
-    commands: list[str] = []
-    real = state.redis.execute_command
-
-    def recorded(*args: Any, **options: Any) -> Any:
-        commands.append(str(args[0]).upper())
-        return real(*args, **options)
-
-    state.redis.execute_command = recorded  # type: ignore[method-assign]
-    try:
+    with recorded_commands(state.redis) as commands:
         end_run(state.redis, prefix, 7, run)
-    finally:
-        del state.redis.execute_command
-    assert "SCAN" not in commands and "KEYS" not in commands
+    assert {"SCAN", "KEYS"}.isdisjoint(c[0] for c in commands) and commands
     assert list(state.redis.scan_iter(match=f"{base}*", count=1000)) == []
     assert state.redis.get(neighbour) == b"x"
     state.redis.delete(neighbour)

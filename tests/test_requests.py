@@ -23,6 +23,8 @@ from flask_dicom_inbox.requests import (
     RequestStore,
 )
 
+from .conftest import recorded_commands
+
 # CONTRACT section 3: every field XNAT sends plus ours.
 STATUS_FIELDS = {
     "id", "enabled", "created", "timestamp", "username", "sessionPath", "status",
@@ -176,35 +178,13 @@ def test_the_active_list_reads_each_request_s_folder_status_and_time_only(
     store.set_status(second.id, ACCEPTED)
     for status in (ACCEPTED, IMPORTING, COMPLETED):
         store.set_status(done.id, status)
-    commands: list[str] = []
-    real = store.redis.execute_command
-    real_pipeline = store.redis.pipeline
-
-    def recorded(*args: Any, **options: Any) -> Any:
-        commands.append(str(args[0]).upper())
-        return real(*args, **options)
-
-    def recorded_pipeline(*args: Any, **options: Any) -> Any:
-        pipe = real_pipeline(*args, **options)
-        queue = pipe.pipeline_execute_command
-
-        def queued(*command: Any, **kw: Any) -> Any:
-            commands.append(str(command[0]).upper())
-            return queue(*command, **kw)
-
-        pipe.pipeline_execute_command = queued
-        return pipe
-
-    store.redis.execute_command = recorded
-    store.redis.pipeline = recorded_pipeline
-    try:
+    with recorded_commands(store.redis) as commands:
         active = list(store.active())
-    finally:
-        del store.redis.execute_command, store.redis.pipeline
     assert [(r.id, r.status) for r in active] == [(first.id, QUEUED), (second.id, ACCEPTED)]
     assert active[0].session_path == first.session_path
     assert active[1].timestamp >= second.created
-    assert "LRANGE" not in commands and "HGETALL" not in commands and commands
+    names = {c[0] for c in commands}
+    assert "LRANGE" not in names and "HGETALL" not in names and "HMGET" in names
 
 
 @pytest.mark.parametrize("final", [COMPLETED, FAILED])
