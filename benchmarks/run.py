@@ -807,7 +807,12 @@ class Site:
     """The example app on a private folder, key prefix and queue: one server, N workers."""
 
     def __init__(
-        self, root: Path, redis_url: str, worker_nice: int = 0, web: str = "gunicorn"
+        self,
+        root: Path,
+        redis_url: str,
+        worker_nice: int = 0,
+        web: str = "gunicorn",
+        simple_workers: bool = False,
     ) -> None:
         tag = uuid.uuid4().hex[:10]
         root.mkdir(parents=True, exist_ok=True)
@@ -816,6 +821,7 @@ class Site:
         self.prearchive = root / "prearchive"
         self.password = secrets.token_urlsafe(12)
         self.worker_nice = worker_nice
+        self.simple_workers = simple_workers
         self.web = web
         self.config = {
             "DATABASE": str(root / "example.sqlite"),
@@ -910,7 +916,11 @@ class Site:
             _stop(proc)
         self.workers = [
             self._spawn(
-                ["dicom-inbox", "worker", "--logging-level", os.environ.get("BENCH_LOG", "INFO")],
+                [
+                    *("dicom-inbox", "worker", "--logging-level"),
+                    os.environ.get("BENCH_LOG", "INFO"),
+                    *(["--simple"] if self.simple_workers else []),
+                ],
                 nice=self.worker_nice,
             )
             for _ in range(n)
@@ -1175,6 +1185,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the example app's web server: gunicorn (gthread, a process per core) or "
         "Flask's development server",
     )
+    parser.add_argument(
+        "--simple-workers",
+        action="store_true",
+        default=env.get("BENCH_SIMPLE_WORKERS", "") not in ("", "0"),
+        help="run the workers with --simple (each job in the worker's own process, no fork): "
+        "measures what the fork of a work-horse per job costs each request",
+    )
     parser.add_argument("--only", default="", help="comma-separated methods (see --list)")
     parser.add_argument("--list", action="store_true", help="name the methods and quit")
     return parser.parse_args(argv)
@@ -1234,7 +1251,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"flask-dicom-inbox benchmark: {machine()}; {args.files} files, {args.rounds} round(s) "
         f"of {args.runs} run(s), "
-        f"{args.workers} worker(s) (nice {args.worker_nice}), web server {args.web}; "
+        f"{args.workers} {'simple ' if args.simple_workers else ''}worker(s) "
+        f"(nice {args.worker_nice}), web server {args.web}; "
         f"methods: {', '.join(chosen)}",
         flush=True,
     )
@@ -1264,7 +1282,11 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 if site is None and name != "orthanc":
                     site = Site(
-                        bench.work / "site", redis_url, worker_nice=args.worker_nice, web=args.web
+                        bench.work / "site",
+                        redis_url,
+                        worker_nice=args.worker_nice,
+                        web=args.web,
+                        simple_workers=args.simple_workers,
                     )
                     site.start(args.workers)
                 try:

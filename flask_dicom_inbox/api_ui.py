@@ -3,11 +3,11 @@
 The page is served by a small blueprint nested in the inbox blueprint, so the same
 authentication gate (basic auth or the ``JSESSIONID`` cookie) and URL prefix apply to it and to
 its script. It is rendered once on the server (Jinja autoescape: the page works without
-JavaScript) and then kept fresh by ``status.js``, which polls ``/xapi/dicom/list/all`` about once a
-second while any request is unfinished and builds the DOM with ``textContent`` only. Folder
-names, labels and error texts come from the inbox, i.e. from whoever wrote files there: none of
-them is ever inserted as markup, and a strict Content-Security-Policy forbids inline script as a
-second line of defence.
+JavaScript) and then kept fresh by ``status.js``, which polls ``/xapi/dicom/ui/rows`` (the
+same rows as JSON) about once a second while any request is unfinished and builds the DOM
+with ``textContent`` only. Folder names, labels and error texts come from the inbox, i.e.
+from whoever wrote files there: none of them is ever inserted as markup, and a strict
+Content-Security-Policy forbids inline script as a second line of defence.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
-from flask import Blueprint, Response, make_response, render_template, request, url_for
+from flask import Blueprint, Response, jsonify, make_response, render_template, request, url_for
 
 from .auth import current_user
 from .requests import FINISHED, ImportRequest
@@ -136,16 +136,12 @@ def add_status_page_routes(bp: Blueprint) -> None:
         """The user's requests (an admin's: everyone's), newest first."""
         user = current_user()
         base = f"{request.script_root}{_state().config.url_prefix}"
-        store = _state().store
-        # Only the rows shown are read: a full list read every request ever made (with its
-        # errors and history) at each load of the page.
-        ids = store.ids(username=None if user.is_admin else user.username)
-        heads = (store.get_head(i, MAX_ERRORS) for i in ids[:MAX_ROWS])
-        rows: list[RequestRow] = [_row(base, *head) for head in heads if head is not None]
+        total, heads = _newest()
+        rows: list[RequestRow] = [_row(base, *head) for head in heads]
         html = render_template(
             "dicom_inbox/status.html",
             rows=rows,
-            total=len(ids),
+            total=total,
             max_rows=MAX_ROWS,
             max_errors=MAX_ERRORS,
             poll_ms=POLL_MS,
@@ -153,6 +149,7 @@ def add_status_page_routes(bp: Blueprint) -> None:
             is_admin=user.is_admin,
             base=base,
             list_url=url_for("dicom_inbox.list_all"),
+            rows_url=url_for("dicom_inbox.ui.status_rows"),
         )
         response = make_response(html)
         response.headers["Content-Security-Policy"] = _CSP
@@ -161,4 +158,31 @@ def add_status_page_routes(bp: Blueprint) -> None:
         response.headers["Referrer-Policy"] = "same-origin"
         return response
 
+    @ui.route("/xapi/dicom/ui/rows", methods=["GET"])
+    def status_rows() -> Response:
+        """What ``status.js`` polls: the page's rows as JSON, ``{"total": n, "requests":
+        [...]}``, each request's status with its first ``MAX_ERRORS`` errors and its
+        ``errorCount``. (It polled ``/xapi/dicom/list/all``, every request ever made with
+        all its errors, once a second per open page.)"""
+        total, heads = _newest()
+        response = jsonify(
+            {
+                "total": total,
+                "requests": [
+                    {**record.to_status(), "errorCount": count} for record, count in heads
+                ],
+            }
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     bp.register_blueprint(ui)
+
+
+def _newest() -> tuple[int, list[tuple[ImportRequest, int]]]:
+    """How many requests the user sees (an admin: all), and the newest ``MAX_ROWS`` of them
+    with their first ``MAX_ERRORS`` errors and error counts; only those are read."""
+    user = current_user()
+    store = _state().store
+    ids = store.ids(username=None if user.is_admin else user.username)
+    return len(ids), store.heads(ids[:MAX_ROWS], MAX_ERRORS)

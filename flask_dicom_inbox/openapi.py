@@ -322,6 +322,36 @@ _OPERATIONS: dict[tuple[str, str], _Operation] = {
         tag="status",
         responses=_text("The page.", "text/html"),
     ),
+    ("ui.status_rows", "GET"): _Operation(
+        summary="The status page's rows as JSON (what its script polls)",
+        tag="status",
+        description="The newest 100 of the user's requests (an admin's: everyone's), each "
+        "with its first 20 errors only and `errorCount`, and `total`: how many requests the "
+        "user has. Reads only those rows, however many requests were ever made.",
+        responses=_json(
+            "The rows.",
+            {
+                "type": "object",
+                "required": ["total", "requests"],
+                "properties": {
+                    "total": {"type": "integer", "minimum": 0},
+                    "requests": {
+                        "type": "array",
+                        "items": {
+                            "allOf": [
+                                _REQUEST_REF,
+                                {
+                                    "type": "object",
+                                    "required": ["errorCount"],
+                                    "properties": {"errorCount": {"type": "integer", "minimum": 0}},
+                                },
+                            ]
+                        },
+                    },
+                },
+            },
+        ),
+    ),
     ("ui.static", "GET"): _Operation(
         summary="The status page's script and style",
         tag="status",

@@ -119,6 +119,37 @@ def test_a_row_shows_its_first_errors_and_counts_them_all(
     assert f"and {50 - MAX_ERRORS} more" in page
 
 
+def test_the_rows_the_page_polls_are_its_newest_requests_with_their_first_errors(
+    app: Flask, client: FlaskClient, inbox: Path
+) -> None:
+    """``/xapi/dicom/ui/rows``: the newest MAX_ROWS of the user's requests, each with its
+    first MAX_ERRORS errors and errorCount, and the user's total; behind the same auth."""
+    from flask_dicom_inbox.api_ui import MAX_ERRORS, MAX_ROWS
+
+    store = DicomInbox.state(app).store
+    for i in range(MAX_ROWS + 2):
+        record = store.create(
+            username="owner",
+            handler="inbox",
+            project_id="test_proj",
+            session_path=str(inbox / "test_proj" / f"s{i}"),
+            cleanup_after_import=False,
+            parameters={},
+            options={},
+        )
+    store.add_errors(record.id, ({"path": f"junk-{i}.txt", "reason": "no"} for i in range(50)))
+    assert client.get("/xapi/dicom/ui/rows").status_code == 401
+    rows = client.get("/xapi/dicom/ui/rows", headers=auth("owner")).get_json()
+    assert rows["total"] == MAX_ROWS + 2
+    assert [r["id"] for r in rows["requests"]] == list(range(MAX_ROWS + 2, 2, -1))
+    newest = rows["requests"][0]
+    assert newest["errorCount"] == 50 and len(newest["errors"]) == MAX_ERRORS
+    assert newest["errors"][0] == {"path": "junk-0.txt", "reason": "no"}
+    assert {r["errorCount"] for r in rows["requests"][1:]} == {0}
+    member = client.get("/xapi/dicom/ui/rows", headers=auth("member")).get_json()
+    assert member == {"total": 0, "requests": []}
+
+
 def test_status_page_honours_script_root_and_url_prefix(app_config: dict[str, Any]) -> None:
     prefixed = create_app({**app_config, "DICOM_INBOX_URL_PREFIX": "/xnat"})
     try:
@@ -128,7 +159,7 @@ def test_status_page_honours_script_root_and_url_prefix(app_config: dict[str, An
         page = client.get("/xnat/xapi/dicom/ui", headers=auth(), base_url="http://localhost/site")
         assert page.status_code == 200
         html = page.get_data(as_text=True)
-        assert 'data-list-url="/site/xnat/xapi/dicom/list/all"' in html
+        assert 'data-rows-url="/site/xnat/xapi/dicom/ui/rows"' in html
         assert 'data-base="/site/xnat"' in html
         assert 'src="/site/xnat/xapi/dicom/ui/static/dicom_inbox/status.js"' in html
     finally:
@@ -226,7 +257,7 @@ def test_status_page_in_headless_chromium(
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             page.on(
                 "request",
-                lambda r: list_calls.append(time.monotonic()) if "/list/all" in r.url else None,
+                lambda r: list_calls.append(time.monotonic()) if "/ui/rows" in r.url else None,
             )
             page.goto(f"{live_server}/xapi/dicom/ui")
             assert page.evaluate(_ROW_STATE, big_id)["status"] == "Queued"

@@ -1,7 +1,7 @@
 // The DICOM inbox status page: keeps the server-rendered list fresh while imports run.
 //
-// Polls the list URL (same origin, with the page's credentials) about once a second while any
-// request is unfinished, and stops when all are finished. Every value from the records (folder
+// Polls the rows URL (the page's newest rows as JSON, same origin, with the page's credentials)
+// about once a second while any request is unfinished, and stops when all are finished. Every value from the records (folder
 // names, labels, messages, error texts) reaches the page through textContent or a checked
 // attribute, never as markup: the inbox's content is written by whoever filled the folder.
 (function () {
@@ -12,7 +12,7 @@
   if (!root) {
     return;
   }
-  const listUrl = root.dataset.listUrl;
+  const rowsUrl = root.dataset.rowsUrl;
   const base = root.dataset.base || "";
   const pollMs = Number(root.dataset.pollMs) || 1000;
   const maxRows = Number(root.dataset.maxRows) || 100;
@@ -121,18 +121,20 @@
       li.append(ul);
     }
 
-    const errors = Array.isArray(r.errors) ? r.errors : [];
-    if (errors.length) {
+    // The rows carry a request's first errors only, and how many it has in errorCount.
+    const errors = (Array.isArray(r.errors) ? r.errors : []).slice(0, maxErrors);
+    const errorCount = Math.max(int(r.errorCount), errors.length);
+    if (errorCount) {
       const details = el("details", "errors");
-      details.append(el("summary", null, errors.length + " file(s) skipped or failed"));
+      details.append(el("summary", null, errorCount + " file(s) skipped or failed"));
       const ul = el("ul");
-      for (const e of errors.slice(0, maxErrors)) {
+      for (const e of errors) {
         const item = el("li");
         item.append(el("code", null, e.path || ""), ": " + String(e.reason || ""));
         ul.append(item);
       }
-      if (errors.length > maxErrors) {
-        const item = el("li", "more", "… and " + (errors.length - maxErrors) + " more in ");
+      if (errorCount > errors.length) {
+        const item = el("li", "more", "… and " + (errorCount - errors.length) + " more in ");
         const json = el("a", null, "the status JSON");
         json.href = href;
         item.append(json);
@@ -144,7 +146,7 @@
     return li;
   }
 
-  function render(requests) {
+  function render(requests, total) {
     // Keep open the error lists the reader opened.
     const open = new Set();
     for (const d of list.querySelectorAll("li.request details[open]")) {
@@ -159,10 +161,10 @@
     }
     list.replaceChildren(...rows);
     empty.hidden = requests.length > 0;
-    more.hidden = requests.length <= maxRows;
+    more.hidden = total <= maxRows;
     if (!more.hidden) {
       more.firstChild.textContent =
-        "Showing the newest " + maxRows + " of " + requests.length + " requests; ";
+        "Showing the newest " + maxRows + " of " + total + " requests; ";
     }
   }
 
@@ -181,7 +183,7 @@
     }
     busy = true;
     try {
-      const response = await fetch(listUrl, {
+      const response = await fetch(rowsUrl, {
         credentials: "same-origin",
         cache: "no-store",
         headers: { Accept: "application/json" },
@@ -195,7 +197,8 @@
         throw new Error("HTTP " + response.status);
       }
       const data = await response.json();
-      render(Array.isArray(data) ? data : []);
+      const rows = data && Array.isArray(data.requests) ? data.requests : [];
+      render(rows, Math.max(int(data && data.total), rows.length));
       live.textContent = anyRunning() ? "updating…" : "";
       refresh.hidden = anyRunning();
       if (anyRunning()) {
