@@ -298,7 +298,8 @@ class RequestStore:
             pipe.srem(self._active_key, str(request_id))
             # The ledger of stored files only serves a retry of an unfinished request; it goes
             # with the status that ends the request, so no crash can leave it behind.
-            pipe.delete(self._key(request_id, ":stored"))
+            # UNLINK: freeing a 50,000-file ledger in DEL held the shared Redis ~17 ms.
+            pipe.unlink(self._key(request_id, ":stored"))
         pipe.execute()
 
     def add_progress(self, request_id: int, **deltas: int) -> None:
@@ -311,6 +312,11 @@ class RequestStore:
                 pipe.hincrby(self._key(request_id), name, delta)
         pipe.hset(self._key(request_id), "timestamp", now_ms())
         pipe.execute()
+
+    def status_of(self, request_id: int) -> str | None:
+        """The request's status alone (``None``: no such request), for a waiting loop."""
+        raw = self.redis.hget(self._key(request_id), "status")
+        return None if raw is None else str(raw.decode())
 
     def progress(self, request_id: int) -> dict[str, int]:
         """The request's progress counters alone (its errors may be tens of thousands)."""

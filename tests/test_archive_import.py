@@ -11,9 +11,11 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 import requests
 import xnat
 from flask import Flask
@@ -22,8 +24,9 @@ from flask.testing import FlaskClient
 from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.handlers.dicom_zip import uploads_folder
+from flask_dicom_inbox.requests import RequestStore
 
-from .conftest import PASSWORDS, auth, run_worker, serve_http, submit, tree
+from .conftest import PASSWORDS, auth, recorded_commands, run_worker, serve_http, submit, tree
 
 
 @pytest.fixture
@@ -469,3 +472,45 @@ def test_synchronous_answer_reports_a_failed_upload(
     assert response.json()["message"].startswith(f"import request {record.id} failed: ")
     assert response.json()["errors"] == {"request": [f"/xapi/dicom/{record.id}"]}
     assert _work_files(state) == {}, "a failed upload is removed too"
+
+
+def test_an_upload_waits_on_the_status_alone_and_reads_the_record_once_at_the_end(
+    state: InboxState,
+) -> None:
+    """The DICOM-zip call waits for its import: a whole read every 0.2 s decoded all the
+    errors so far each time (quadratic in a big archive's skipped members)."""
+    from flask_dicom_inbox.handlers.dicom_zip import wait_for_answer
+
+    store = state.store
+    record = store.create(
+        username="admin",
+        handler="DICOM-zip",
+        project_id="test_proj",
+        session_path="/x/upload.zip",
+        cleanup_after_import=True,
+        parameters={},
+        options={},
+    )
+    store.add_errors(record.id, ({"path": f"{i}.txt", "reason": "no"} for i in range(1000)))
+
+    # The "worker" writes through a client of its own: only the waiter's commands are recorded.
+    other = RequestStore(redis.Redis(connection_pool=state.redis.connection_pool), store.prefix)
+
+    def import_meanwhile() -> None:
+        time.sleep(1.0)
+        other.set_status(record.id, "Accepted")
+        other.set_status(record.id, "Importing")
+        other.set_result(record.id, sessions=[], resolution="/prearchive/projects/P/1/E")
+        other.set_status(record.id, "Completed")
+
+    worker = threading.Thread(target=import_meanwhile)
+    worker.start()
+    waiting = SimpleNamespace(store=store, config=SimpleNamespace(upload_wait=30))
+    errors_key = f"{state.config.key_prefix}request:{record.id}:errors"
+    with recorded_commands(state.redis) as commands:
+        answer = wait_for_answer(waiting, record, "/xapi/dicom/1")  # type: ignore[arg-type]
+    worker.join()
+    assert answer == "/data/prearchive/projects/P/1/E"
+    polls = [c for c in commands if c[0] == "HGET"]  # 0.2 s apart for about 1 s
+    assert len(polls) >= 3, "it polled while the import ran"
+    assert sum(1 for c in commands if c[1:] == (errors_key,)) == 1, "one whole read, at the end"

@@ -458,3 +458,39 @@ def test_refused_archive_leaves_no_working_folder(
         with archive_source(_request(77), config, archive):
             pytest.fail("a bomb never reaches the engine")
     assert not extraction_folder(config, 77).exists()
+
+
+def test_a_tar_stream_s_memory_does_not_grow_with_its_members(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tarfile keeps each member's TarInfo even when streaming (about 450 B each: 200,000
+    members would hold 90 MB); the extraction drops them as it goes."""
+    import tracemalloc
+
+    import flask_dicom_inbox.archives as archives
+
+    members = 4000
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as tar:
+        for i in range(members):
+            info = tarfile.TarInfo(f"s/{i // 1000}/f{i}.dcm")
+            tar.addfile(info, io.BytesIO(b""))
+    held: dict[int, int] = {}
+    write = archives._Extractor.write
+
+    def measured(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.members in (100, members):
+            held[self.members] = tracemalloc.get_traced_memory()[0]
+        return write(self, *args, **kwargs)
+
+    monkeypatch.setattr(archives._Extractor, "write", measured)
+    dest = tmp_path / "out"
+    dest.mkdir()
+    tracemalloc.start()
+    try:
+        report = extract_archive(archive, dest, ArchiveLimits())
+    finally:
+        tracemalloc.stop()
+    assert report.files == members
+    grown = held[members] - held[100]
+    assert grown < 300_000, f"{grown} bytes more held after {members - 100} more members"

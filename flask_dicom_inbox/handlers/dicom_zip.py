@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from ..archives import archive_source, sniff_archive
 from ..errors import BadRequest, ImportFailed
 from ..registry import PreparedImport, Submission
-from ..requests import COMPLETED
+from ..requests import COMPLETED, FINISHED
 
 if TYPE_CHECKING:
     from ..config import InboxConfig
@@ -97,10 +97,12 @@ def wait_for_answer(state: InboxState, record: ImportRequest, status_url: str) -
     Still running at the deadline: the status URL, as ``inbox`` answers.
     """
     deadline = time.monotonic() + state.config.upload_wait
-    current: ImportRequest | None = record
-    while current is not None and not current.finished and time.monotonic() < deadline:
+    status: str | None = record.status
+    # The status alone while waiting: a whole read decodes the request's errors every time.
+    while status is not None and status not in FINISHED and time.monotonic() < deadline:
         time.sleep(_POLL_SECONDS)
-        current = state.store.get(record.id)
+        status = state.store.status_of(record.id)
+    current = state.store.get(record.id) if status in FINISHED else None
     if current is None or not current.finished:
         return status_url
     if current.status == COMPLETED and current.resolution:
