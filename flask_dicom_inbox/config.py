@@ -51,6 +51,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         30,
         "A running import renews a lease this often x3; a dead worker's lapses after it.",
     ),
+    "DICOM_INBOX_MAX_ATTEMPTS": (
+        3,
+        "Imports of one request a dead worker may cut short; then recovery fails it instead "
+        "of re-queuing it again.",
+    ),
     "DICOM_INBOX_REDIS_RETRY_SECONDS": (
         60,
         "How long a worker retries a lost Redis connection (a restart) before giving up.",
@@ -106,6 +111,7 @@ class InboxConfig:
     chunk_files: int = 256
     auth_cache_seconds: float = 30.0
     helper_jobs: int = 4
+    max_attempts: int = 3
     work_path: Path = Path("dicom-inbox-work")
     archive_max_bytes: int = 64 * 1024**3
     archive_max_members: int = 200_000
@@ -141,6 +147,7 @@ class InboxConfig:
             chunk_files=max(1, int(c["DICOM_INBOX_CHUNK_FILES"])),
             auth_cache_seconds=max(0.0, float(c["DICOM_INBOX_AUTH_CACHE_SECONDS"])),
             helper_jobs=max(0, int(c["DICOM_INBOX_HELPER_JOBS"])),
+            max_attempts=max(1, int(c["DICOM_INBOX_MAX_ATTEMPTS"])),
             work_path=Path(
                 os.path.realpath(
                     c.get("DICOM_INBOX_WORK_PATH")

@@ -89,8 +89,13 @@ def is_leased(state: InboxState, request_id: int) -> bool:
 
 
 def recover(state: InboxState) -> list[int]:
-    """Re-queue every unfinished request whose job died; return their ids."""
-    from .service import enqueue
+    """Re-queue every unfinished request whose job died; return their ids.
+
+    A request whose imports a dead worker cut short ``DICOM_INBOX_MAX_ATTEMPTS`` times (a
+    work-horse killed for memory each time, say) is failed instead, with the reason: it
+    would take a worker down again and again.
+    """
+    from .service import enqueue, give_up
 
     requeued: list[int] = []
     started = StartedJobRegistry(queue=state.queue)
@@ -107,6 +112,19 @@ def recover(state: InboxState) -> list[int]:
             if status in (None, JobStatus.STARTED) and now_ms() - record.timestamp < GRACE_MS:
                 continue
         _forget_started(started, state, job_id)
+        attempts = state.store.attempts(record.id) if record.status != QUEUED else 0
+        if attempts >= state.config.max_attempts:
+            give_up(
+                state,
+                record.id,
+                f"its import was cut short {attempts} times (the job {status or 'lost'}, no "
+                "lease: the worker or its work-horse died, e.g. killed for memory); not "
+                "re-queued again (DICOM_INBOX_MAX_ATTEMPTS); see the workers' log",
+            )
+            log.error(
+                "dicom-inbox: request %s failed after %d cut-short imports", record.id, attempts
+            )
+            continue
         state.store.set_status(
             record.id, QUEUED, f"re-queued: its job was {status or 'lost'} and held no lease"
         )

@@ -313,6 +313,11 @@ class RequestStore:
         pipe.hset(self._key(request_id), "timestamp", now_ms())
         pipe.execute()
 
+    def attempts(self, request_id: int) -> int:
+        """How many times the request began importing (its history's ``Importing`` entries)."""
+        history = self.redis.lrange(self._key(request_id, ":history"), 0, -1)
+        return sum(1 for entry in history if json.loads(entry).get("status") == IMPORTING)
+
     def status_of(self, request_id: int) -> str | None:
         """The request's status alone (``None``: no such request), for a waiting loop."""
         raw = self.redis.hget(self._key(request_id), "status")

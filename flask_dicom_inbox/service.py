@@ -306,6 +306,14 @@ def _fail(state: InboxState, request_id: int, message: str) -> str:
     return FAILED
 
 
+def give_up(state: InboxState, request_id: int, message: str) -> None:
+    """Fail a request no job holds (recovery stops re-queuing it) and tell its handler."""
+    _fail(state, request_id, message)
+    record = state.store.get(request_id)
+    if record is not None:
+        finish_source(state.registry, record, state.config, FAILED)
+
+
 def _common_resolution(record: ImportRequest) -> str:
     dest = record.options.get("destination", "prearchive")
     return f"/{dest}/projects/{record.project_id}"

@@ -115,6 +115,37 @@ def test_sigkilled_work_horse_is_recovered(
         assert all(p.read_bytes() == originals[p.name] for p in generated.files)
 
 
+@pytest.mark.parametrize("cut_short", [2, 3])
+def test_a_request_cut_short_max_attempts_times_is_failed_not_re_queued(
+    client: FlaskClient, inbox: Path, state: InboxState, cut_short: int
+) -> None:
+    """Each dead import is an Importing entry in the history; at DICOM_INBOX_MAX_ATTEMPTS
+    (3) recovery fails the request with the reason instead of queuing it once more."""
+    session = inbox / "test_proj" / "poison"
+    write_session(session, series=1, files_per_series=1)
+    assert submit(client, PROJECT_ID="test_proj", path=str(session)).status_code == 200
+    [record] = list(state.store.active())
+    state.queue.empty()  # each attempt's job died with its work-horse
+    for attempt in range(cut_short):
+        if attempt:
+            state.store.set_status(record.id, "Queued", "re-queued: its job was lost")
+        state.store.set_status(record.id, "Accepted")
+        state.store.set_status(record.id, "Importing")
+    assert state.store.attempts(record.id) == cut_short
+    requeued = recover(state)
+    after = state.store.get(record.id)
+    assert after is not None
+    if cut_short < state.config.max_attempts:
+        assert requeued == [record.id] and after.status == "Queued"
+        assert len(state.queue) == 1
+    else:
+        assert requeued == [] and after.status == "Failed"
+        assert f"cut short {cut_short} times" in after.message
+        assert "DICOM_INBOX_MAX_ATTEMPTS" in after.message
+        assert len(state.queue) == 0
+        assert session.exists(), "the source stays"
+
+
 def test_recover_leaves_queued_and_leased_requests_alone(
     client: FlaskClient, inbox: Path, state: InboxState
 ) -> None:
