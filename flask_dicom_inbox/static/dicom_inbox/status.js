@@ -1,9 +1,10 @@
 // The DICOM inbox status page: keeps the server-rendered list fresh while imports run.
 //
-// Polls the rows URL (the page's newest rows as JSON, same origin, with the page's credentials)
-// about once a second while any request is unfinished, and stops when all are finished. Every value from the records (folder
-// names, labels, messages, error texts) reaches the page through textContent or a checked
-// attribute, never as markup: the inbox's content is written by whoever filled the folder.
+// Polls the rows URL (the page's newest rows as JSON, same origin, with the page's
+// credentials) about once a second while any request is unfinished, and stops when all are
+// finished. Every value from the records (folder names, labels, messages, error texts) reaches
+// the page through textContent or a checked attribute, never as markup: the inbox's content is
+// written by whoever filled the folder.
 (function () {
   "use strict";
 
