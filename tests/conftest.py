@@ -239,3 +239,17 @@ def recorded_commands(conn: Any) -> Iterator[list[tuple[str, ...]]]:
         yield commands
     finally:
         del conn.execute_command, conn.pipeline
+
+
+def new_record(store: Any, **overrides: Any) -> Any:
+    """A request record made straight in the store (no submission), for tests of its readers."""
+    fields: dict[str, Any] = {
+        "username": "admin",
+        "handler": "inbox",
+        "project_id": "test_proj",
+        "session_path": "/nowhere",
+        "cleanup_after_import": False,
+        "parameters": {},
+        "options": {},
+    }
+    return store.create(**{**fields, **overrides})

@@ -26,7 +26,16 @@ from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.handlers.dicom_zip import uploads_folder
 from flask_dicom_inbox.requests import RequestStore
 
-from .conftest import PASSWORDS, auth, recorded_commands, run_worker, serve_http, submit, tree
+from .conftest import (
+    PASSWORDS,
+    auth,
+    new_record,
+    recorded_commands,
+    run_worker,
+    serve_http,
+    submit,
+    tree,
+)
 
 
 @pytest.fixture
@@ -482,14 +491,8 @@ def test_an_upload_waits_on_the_status_alone_and_reads_the_record_once_at_the_en
     from flask_dicom_inbox.handlers.dicom_zip import wait_for_answer
 
     store = state.store
-    record = store.create(
-        username="admin",
-        handler="DICOM-zip",
-        project_id="test_proj",
-        session_path="/x/upload.zip",
-        cleanup_after_import=True,
-        parameters={},
-        options={},
+    record = new_record(
+        store, handler="DICOM-zip", session_path="/x/upload.zip", cleanup_after_import=True
     )
     store.add_errors(record.id, ({"path": f"{i}.txt", "reason": "no"} for i in range(1000)))
 

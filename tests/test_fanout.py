@@ -45,7 +45,7 @@ from flask_dicom_inbox.importer import (
 from flask_dicom_inbox.service import idle_workers, queue_helpers_ahead, start_helpers
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import auth, recorded_commands, run_worker, stop_workers, submit
+from .conftest import auth, new_record, recorded_commands, run_worker, stop_workers, submit
 
 
 def _board(state: InboxState, run: str = "r1", claim_seconds: int = 30) -> ChunkBoard:
@@ -327,15 +327,7 @@ def _idle_workers(state: InboxState, n: int) -> Iterator[list[Worker]]:
 
 
 def _record(state: InboxState, files: int) -> Any:
-    return state.store.create(
-        username="admin",
-        handler="inbox",
-        project_id="test_proj",
-        session_path="/nowhere",
-        cleanup_after_import=False,
-        parameters={},
-        options={"fileCount": files},
-    )
+    return new_record(state.store, options={"fileCount": files})
 
 
 def test_helpers_are_queued_ahead_for_idle_workers_when_there_will_be_chunks(

@@ -23,7 +23,7 @@ from example_app.demo import write_session
 from example_app.host import SqliteUsers
 from flask_dicom_inbox import DicomInbox
 
-from .conftest import PASSWORDS, auth, run_worker, serve_http, submit
+from .conftest import PASSWORDS, auth, new_record, run_worker, serve_http, submit
 
 HOSTILE_FOLDER = "<img src=x onerror=alert(1)>"
 HOSTILE_FILE = "<svg onload=alert(2)>.txt"
@@ -128,14 +128,8 @@ def test_the_rows_the_page_polls_are_its_newest_requests_with_their_first_errors
 
     store = DicomInbox.state(app).store
     for i in range(MAX_ROWS + 2):
-        record = store.create(
-            username="owner",
-            handler="inbox",
-            project_id="test_proj",
-            session_path=str(inbox / "test_proj" / f"s{i}"),
-            cleanup_after_import=False,
-            parameters={},
-            options={},
+        record = new_record(
+            store, username="owner", session_path=str(inbox / "test_proj" / f"s{i}")
         )
     store.add_errors(record.id, ({"path": f"junk-{i}.txt", "reason": "no"} for i in range(50)))
     assert client.get("/xapi/dicom/ui/rows").status_code == 401
