@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -166,14 +165,13 @@ def _recorded_parameters(params: ImportParameters, cleanup: bool, path: str) -> 
 
 def _refuse_overlap(state: InboxState, session_path: str) -> None:
     """409 when an unfinished request covers this folder, a folder inside it or around it."""
-    for other in state.store.active():
-        a, b = other.session_path, session_path
-        if os.path.commonpath([a, b]) in (a, b):
-            raise Conflict(
-                f"request {other.id} ({other.status}) is already importing this folder or one "
-                "that overlaps it",
-                errors={"path": [f"overlaps unfinished request {other.id}"]},
-            )
+    other = state.store.overlapping(session_path)
+    if other is not None:
+        raise Conflict(
+            f"request {other.id} ({other.status}) is already importing this folder or one "
+            "that overlaps it",
+            errors={"path": [f"overlaps unfinished request {other.id}"]},
+        )
 
 
 def job_timeout(state: InboxState, record: ImportRequest) -> int:

@@ -410,3 +410,43 @@ def test_records_survive_deletion_of_rq_keys(
     final = store.get(record.id)
     assert final is not None
     assert final.to_status()["status"] == COMPLETED
+
+
+def test_the_overlap_check_finds_the_folder_what_is_inside_it_and_around_it(
+    store: RequestStore,
+) -> None:
+    """Through the index of unfinished folders: equal, inner and outer folders overlap; a
+    sibling sharing a name's prefix (/in/ab beside /in/a) does not; a finished request's folder
+    is free again; and no unfinished request is read whole or one by one."""
+    a = _create(store, session_path="/in/p/a")
+    deep = _create(store, session_path="/in/p/x/y/z")
+    with recorded_commands(store.redis) as commands:
+        assert store.overlapping("/in/p/a").id == a.id  # type: ignore[union-attr]
+        assert store.overlapping("/in/p/a/s1").id == a.id  # type: ignore[union-attr]
+        assert store.overlapping("/in/p").id in (a.id, deep.id)  # type: ignore[union-attr]
+        assert store.overlapping("/in/p/x").id == deep.id  # type: ignore[union-attr]
+        assert store.overlapping("/in/p/ab") is None
+        assert store.overlapping("/in/p/x/y2") is None
+        assert store.overlapping("/in/q") is None
+    names = {c[0] for c in commands}
+    assert names.isdisjoint({"HGETALL", "LRANGE", "SMEMBERS"}), names
+    found = store.overlapping("/in/p/a/s1")
+    assert found is not None and (found.session_path, found.status) == ("/in/p/a", QUEUED)
+    store.set_status(a.id, ACCEPTED)
+    store.set_status(a.id, FAILED, "gone")
+    with recorded_commands(store.redis) as commands:
+        assert store.overlapping("/in/p/a") is None, "a finished request frees its folder"
+        assert store.overlapping("/in/p").id == deep.id  # type: ignore[union-attr]
+    assert "SMEMBERS" not in {c[0] for c in commands}, "the index stays whole as requests end"
+
+
+def test_requests_recorded_before_the_folder_index_are_still_found_and_indexed(
+    store: RequestStore,
+) -> None:
+    old = _create(store, session_path="/in/p/old")
+    store.redis.delete(f"{store.prefix}requests:active-folders")  # as an earlier version left it
+    assert store.overlapping("/in/p/old/s1").id == old.id  # type: ignore[union-attr]
+    assert store.redis.zcard(f"{store.prefix}requests:active-folders") == 1, "indexed now"
+    with recorded_commands(store.redis) as commands:
+        assert store.overlapping("/in/p").id == old.id  # type: ignore[union-attr]
+    assert "SMEMBERS" not in {c[0] for c in commands}, "the index serves from now on"
