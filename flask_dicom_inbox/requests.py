@@ -318,16 +318,22 @@ class RequestStore:
         return None
 
     def _overlapping_unindexed(self, session_path: str) -> ActiveRequest | None:
-        """The overlap check by reading every unfinished request; indexes what it reads."""
+        """The overlap check by reading every unfinished request; the index is made anew from
+        what it reads (a request that ends meanwhile leaves a stale entry: the sizes then
+        differ again, and the next check makes it anew once more)."""
         found: ActiveRequest | None = None
-        pipe = self.redis.pipeline(transaction=False)
+        members: dict[bytes, int] = {}
         for other in self.active():
-            pipe.zadd(self._folders_key, {_folder_member(other.session_path, other.id): 0})
+            members[_folder_member(other.session_path, other.id)] = 0
             if found is None and os.path.commonpath([other.session_path, session_path]) in (
                 other.session_path,
                 session_path,
             ):
                 found = other
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self._folders_key)
+        if members:
+            pipe.zadd(self._folders_key, members)
         pipe.execute()
         return found
 

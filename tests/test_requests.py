@@ -444,9 +444,15 @@ def test_requests_recorded_before_the_folder_index_are_still_found_and_indexed(
     store: RequestStore,
 ) -> None:
     old = _create(store, session_path="/in/p/old")
-    store.redis.delete(f"{store.prefix}requests:active-folders")  # as an earlier version left it
+    index = f"{store.prefix}requests:active-folders"
+    entry = b"/in/p/old/\x00" + str(old.id).encode()
+    store.redis.delete(index)  # as an earlier version left it
     assert store.overlapping("/in/p/old/s1").id == old.id  # type: ignore[union-attr]
-    assert store.redis.zcard(f"{store.prefix}requests:active-folders") == 1, "indexed now"
+    assert store.redis.zrange(index, 0, -1) == [entry], "indexed now"
+    # An entry of a request that ended while the index was being made: it goes too.
+    store.redis.zadd(index, {b"/in/stale/\x0099": 0})
+    assert store.overlapping("/in/stale/s1") is None
+    assert store.redis.zrange(index, 0, -1) == [entry]
     with recorded_commands(store.redis) as commands:
         assert store.overlapping("/in/p").id == old.id  # type: ignore[union-attr]
     assert "SMEMBERS" not in {c[0] for c in commands}, "the index serves from now on"
