@@ -284,9 +284,10 @@ class RequestStore:
         """An unfinished request whose folder is ``session_path``, inside it or around it.
 
         Looked up in the index of unfinished requests' folders: the folder and what lies
-        inside it in one lexical range, each folder around it by name, in one round trip,
-        however many requests are unfinished (every submission asks, under the submit lock;
-        reading each unfinished request took about 20 ms a POST at 1,000 queued ones).
+        inside it in one lexical range, each folder around it by name, in two round trips
+        (the first checks the index is whole), however many requests are unfinished (every
+        submission asks, under the submit lock; reading each unfinished request took about
+        20 ms a POST at 1,000 queued ones).
         Requests recorded before the index existed are read one by one, and indexed.
         """
         pipe = self.redis.pipeline(transaction=False)
