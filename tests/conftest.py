@@ -91,10 +91,17 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
         (Path(app_config["DICOM_INBOX_PATH"]) / project).mkdir(parents=True, exist_ok=True)
     yield application
     state = DicomInbox.state(application)
+    delete_app_keys(state)
+    state.redis.close()
+
+
+def delete_app_keys(state: InboxState) -> None:
+    """Every key an app of the tests wrote to the shared Redis: its records, its queue's RQ
+    keys, and its jobs and their results (named by the key prefix, which may differ from the
+    queue's name)."""
     _delete_keys(state.redis, f"{state.config.key_prefix}*")
     _delete_keys(state.redis, f"rq:*{state.config.queue}*")
-    _delete_keys(state.redis, "rq:job:" + state.config.key_prefix.rstrip(":") + "-import-*")
-    state.redis.close()
+    _delete_keys(state.redis, "rq:*:" + state.config.key_prefix.rstrip(":") + "-import-*")
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ from flask_dicom_inbox.jobs import job_id_for
 from flask_dicom_inbox.requests import RequestStore
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import PASSWORDS, auth, run_worker, submit, tree, wait_until
+from .conftest import PASSWORDS, auth, delete_app_keys, run_worker, submit, tree, wait_until
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -396,9 +396,7 @@ def test_full_destination_disk_fails_cleanly(
         assert not [p for p in left if p.name.startswith(TEMP_PREFIX)], "no temporary file"
         assert left == [], f"{len(left)} file(s) of a failed request left in the prearchive"
     finally:
-        conn = state.redis
-        for key in conn.scan_iter(match=f"{state.config.key_prefix}*"):
-            conn.delete(key)
+        delete_app_keys(state)
 
 
 # -- the request's file records cannot be written (their temporary folder is full) -----------
