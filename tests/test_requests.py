@@ -23,7 +23,7 @@ from flask_dicom_inbox.requests import (
     RequestStore,
 )
 
-from .conftest import recorded_commands
+from .conftest import new_record, recorded_commands
 
 # CONTRACT section 3: every field XNAT sends plus ours.
 STATUS_FIELDS = {
@@ -64,17 +64,16 @@ def store(conn: redis.Redis, prefix: str) -> RequestStore:
 
 
 def _create(store: RequestStore, username: str = "admin", **overrides: Any) -> Any:
-    args: dict[str, Any] = {
-        "username": username,
-        "handler": "inbox",
-        "project_id": "test_proj",
-        "session_path": "/data/inbox/test_proj/b/c",
-        "cleanup_after_import": False,
-        "parameters": {"path": "/data/inbox/test_proj/b/c", "PROJECT_ID": "test_proj"},
-        "options": {},
-    }
-    args.update(overrides)
-    return store.create(**args)
+    folder = "/data/inbox/test_proj/b/c"
+    return new_record(
+        store,
+        **{
+            "username": username,
+            "session_path": folder,
+            "parameters": {"path": folder, "PROJECT_ID": "test_proj"},
+            **overrides,
+        },
+    )
 
 
 def test_create_gives_a_queued_request_with_history(store: RequestStore) -> None:
