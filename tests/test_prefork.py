@@ -1,0 +1,160 @@
+"""The forking worker forks each job's work-horse ahead, while it waits for the job.
+
+Real RQ workers run in this process (``work(burst=True)``) on the test app's queue in the
+shared Redis; their work-horses are real forked processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_dicom_inbox.extension import InboxState
+from flask_dicom_inbox.workers import PreforkingWorker, RecoveringWorker, make_worker
+
+from .conftest import process_alive
+
+
+def where_am_i(tag: str) -> dict[str, Any]:
+    """A job: the process it ran in, its parent, and the tag it was given."""
+    return {"pid": os.getpid(), "ppid": os.getppid(), "tag": tag}
+
+
+def recording_spares(worker: PreforkingWorker, *, kill: bool = False) -> list[int]:
+    """Record (and with ``kill``, SIGKILL) each spare the worker forks, as it forks it."""
+    forked: list[int] = []
+    fork_spare = worker._fork_spare
+
+    def record() -> None:
+        fork_spare()
+        assert worker._spare is not None
+        pid = worker._spare[0]
+        forked.append(pid)
+        if kill:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while process_alive(pid):  # a zombie now: dead, not yet reaped
+                assert time.monotonic() < deadline, "the spare outlived SIGKILL"
+                time.sleep(0.005)
+
+    worker._fork_spare = record  # type: ignore[method-assign]
+    return forked
+
+
+def reaped(pid: int) -> bool:
+    """Whether ``pid`` is no child of this process any more (neither running nor a zombie)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+def test_the_forking_worker_forks_ahead(state: InboxState) -> None:
+    worker = make_worker(state)
+    assert isinstance(worker, RecoveringWorker) and isinstance(worker, PreforkingWorker)
+    assert not isinstance(make_worker(state, simple=True), PreforkingWorker)
+
+
+def test_each_job_runs_in_the_horse_forked_before_the_job_was_taken(state: InboxState) -> None:
+    jobs = [state.queue.enqueue(where_am_i, tag) for tag in ("first", "second")]
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    forked = recording_spares(worker)
+    assert worker.work(burst=True)
+    results = [job.latest_result() for job in jobs]
+    assert [r.type.name if r else None for r in results] == ["SUCCESSFUL", "SUCCESSFUL"]
+    returned = [r.return_value for r in results if r]
+    assert [r["tag"] for r in returned] == ["first", "second"]
+    # One spare before each dequeue: one per job, and one more for the dequeue that found the
+    # queue empty. Each job ran in the spare forked before it was taken, a child of the worker.
+    assert len(forked) == 3
+    assert [r["pid"] for r in returned] == forked[:2]
+    assert {r["ppid"] for r in returned} == {os.getpid()}
+    # Every horse was reaped, and the spare left over at the end was told to go and reaped.
+    assert all(reaped(pid) for pid in forked)
+    assert worker._spare is None
+
+
+def test_a_spare_that_died_while_waiting_is_replaced_by_an_ordinary_fork(
+    state: InboxState,
+) -> None:
+    jobs = [state.queue.enqueue(where_am_i, tag) for tag in ("first", "second")]
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    killed = recording_spares(worker, kill=True)
+    assert worker.work(burst=True)
+    returned = [job.latest_result() for job in jobs]
+    assert [r.return_value["tag"] if r else None for r in returned] == ["first", "second"]
+    pids = {r.return_value["pid"] for r in returned if r}
+    assert len(pids) == 2 and not pids & set(killed), "each job in a horse forked for it"
+    assert all(reaped(pid) for pid in killed), "the dead spares were reaped, not left zombies"
+
+
+def test_a_stop_signal_during_the_spares_fork_reaches_the_worker(state: InboxState) -> None:
+    """SIGTERM while fork() runs: Python ran the handler inside logging's after-fork hook and
+    dropped its StopRequested, so the worker went on waiting for jobs instead of stopping."""
+
+    class Stop(Exception):
+        pass
+
+    def stop(_number: int, _frame: Any) -> None:
+        raise Stop
+
+    armed = [True]
+
+    def signal_during_fork() -> None:  # stays registered: armed for this test's fork only
+        if armed:
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    os.register_at_fork(before=signal_during_fork)
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stop):
+            worker._fork_spare()
+        assert not armed, "the signal was sent during the fork"
+        assert signal.getsignal(signal.SIGTERM) is stop, "the worker's handler is back"
+        assert worker._spare is not None, "recorded before the stop was raised"
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        pid = worker._spare[0] if worker._spare else None
+        worker._drop_spare()
+    assert pid is not None and reaped(pid), "the spare read end-of-file, exited and was reaped"
+
+
+def test_a_worker_process_killed_outright_leaves_no_spare_behind(
+    state: InboxState, tmp_path: Path
+) -> None:
+    """The spare waits on a pipe whose only writer is the worker: when the worker dies, even by
+    SIGKILL, the spare reads end-of-file and exits."""
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    child = os.fork()
+    if child == 0:  # the worker's process: a spare, then killed while it waits for a job
+        try:
+            worker._fork_spare()
+            assert worker._spare is not None
+            (tmp_path / "spare").write_text(str(worker._spare[0]))
+            time.sleep(60)
+        finally:
+            os._exit(1)
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "spare").exists() or not (tmp_path / "spare").read_text():
+        assert time.monotonic() < deadline, "the worker made no spare"
+        time.sleep(0.01)
+    spare = int((tmp_path / "spare").read_text())
+    assert process_alive(spare)
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+    deadline = time.monotonic() + 10
+    while process_alive(spare):  # reparented to init, which reaps it once it exits
+        assert time.monotonic() < deadline, "the spare outlived its worker"
+        time.sleep(0.01)
