@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import time
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -83,8 +84,10 @@ class PreforkingWorker(Worker):
         super().fork_work_horse(job, queue)
 
     def teardown(self) -> None:
-        self._drop_spare()
-        super().teardown()  # type: ignore[no-untyped-call]
+        try:  # RQ's first: it stops the scheduler, which may hold the spare's pipe too
+            super().teardown()  # type: ignore[no-untyped-call]
+        finally:
+            self._drop_spare()
 
     def _drop_spare(self) -> None:
         spare, self._spare = self._spare, None
@@ -98,12 +101,15 @@ class PreforkingWorker(Worker):
         # Python prints and drops it (the worker then waited for a job instead of stopping).
         # Noted meanwhile, it is handed to RQ's handler once the spare is recorded.
         noted: list[int] = []
-        handlers = {sig: signal.signal(sig, lambda n, _f: noted.append(n)) for sig in _STOP}
+        handlers: dict[signal.Signals, Any] = {}
+        worker = os.getpid()
         try:
+            for sig in _STOP:
+                handlers[sig] = signal.signal(sig, lambda n, _f: noted.append(n))
             pid = os.fork()
             if pid == 0:
                 os.close(write_end)
-                self._spare_main(read_end)  # never returns
+                self._spare_main(read_end, worker)  # never returns
             os.close(read_end)
             with contextlib.suppress(OSError):  # the child may have done it (or ended)
                 os.setpgid(pid, pid)  # so that killing the horse's group spares the worker
@@ -123,7 +129,7 @@ class PreforkingWorker(Worker):
             elif handler == signal.SIG_DFL:
                 signal.raise_signal(number)
 
-    def _spare_main(self, read_end: int) -> NoReturn:
+    def _spare_main(self, read_end: int, worker: int) -> NoReturn:
         """The spare's life: get ready, wait for a job's ids, run it as RQ's work-horse."""
         try:
             os.setpgrp()
@@ -133,6 +139,13 @@ class PreforkingWorker(Worker):
                 self.connection.ping()  # the horse's own connection, made before the job
             message = b""
             while not message.endswith(b"\n"):
+                # End-of-file when the worker stops or dies, unless another child of the
+                # worker holds the pipe too (RQ's scheduler, restarted by a maintenance pass
+                # after this spare was forked): hence a look at the parent every second.
+                if not select.select([read_end], [], [], 1.0)[0]:
+                    if os.getppid() != worker:
+                        os._exit(0)
+                    continue
                 chunk = os.read(read_end, 4096)
                 if not chunk:  # the worker stopped, or died, before handing over a job
                     os._exit(0)

@@ -133,28 +133,39 @@ def test_a_stop_signal_during_the_spares_fork_reaches_the_worker(state: InboxSta
 def test_a_worker_process_killed_outright_leaves_no_spare_behind(
     state: InboxState, tmp_path: Path
 ) -> None:
-    """The spare waits on a pipe whose only writer is the worker: when the worker dies, even by
-    SIGKILL, the spare reads end-of-file and exits."""
+    """The spare waits on a pipe to its worker. When the worker dies, even by SIGKILL, the spare
+    exits: at end-of-file, or, when another child of the worker (RQ's scheduler, restarted
+    after the spare was forked) still holds the pipe, on seeing its parent gone."""
     worker = make_worker(state)
     assert isinstance(worker, PreforkingWorker)
+    pids = tmp_path / "pids"
     child = os.fork()
-    if child == 0:  # the worker's process: a spare, then killed while it waits for a job
+    if child == 0:  # the worker's process: a spare, another child, then killed while it waits
         try:
             worker._fork_spare()
             assert worker._spare is not None
-            (tmp_path / "spare").write_text(str(worker._spare[0]))
+            holder = os.fork()
+            if holder == 0:  # holds a copy of the spare's pipe, as a forked scheduler would
+                time.sleep(60)
+                os._exit(0)
+            (tmp_path / "pids.tmp").write_text(f"{worker._spare[0]} {holder}")
+            (tmp_path / "pids.tmp").rename(pids)
             time.sleep(60)
         finally:
             os._exit(1)
     deadline = time.monotonic() + 20
-    while not (tmp_path / "spare").exists() or not (tmp_path / "spare").read_text():
+    while not pids.exists():
         assert time.monotonic() < deadline, "the worker made no spare"
         time.sleep(0.01)
-    spare = int((tmp_path / "spare").read_text())
-    assert process_alive(spare)
-    os.kill(child, signal.SIGKILL)
-    os.waitpid(child, 0)
-    deadline = time.monotonic() + 10
-    while process_alive(spare):  # reparented to init, which reaps it once it exits
-        assert time.monotonic() < deadline, "the spare outlived its worker"
-        time.sleep(0.01)
+    spare, holder = map(int, pids.read_text().split())
+    try:
+        assert process_alive(spare) and process_alive(holder)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        deadline = time.monotonic() + 10
+        while process_alive(spare):  # reparented to init, which reaps it once it exits
+            assert time.monotonic() < deadline, "the spare outlived its worker"
+            time.sleep(0.01)
+        assert process_alive(holder), "the pipe was still held open when the spare left"
+    finally:
+        os.kill(holder, signal.SIGKILL)
