@@ -25,6 +25,12 @@ def where_am_i(tag: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "ppid": os.getppid(), "tag": tag}
 
 
+def enqueue(state: InboxState, tag: str) -> Any:
+    """A ``where_am_i`` job named after the test app's queue, so that the app fixture's cleanup
+    removes it and its result from the shared Redis."""
+    return state.queue.enqueue(where_am_i, tag, job_id=f"{state.config.queue}-{tag}")
+
+
 def recording_spares(worker: PreforkingWorker, *, kill: bool = False) -> list[int]:
     """Record (and with ``kill``, SIGKILL) each spare the worker forks, as it forks it."""
     forked: list[int] = []
@@ -62,7 +68,7 @@ def test_the_forking_worker_forks_ahead(state: InboxState) -> None:
 
 
 def test_each_job_runs_in_the_horse_forked_before_the_job_was_taken(state: InboxState) -> None:
-    jobs = [state.queue.enqueue(where_am_i, tag) for tag in ("first", "second")]
+    jobs = [enqueue(state, tag) for tag in ("first", "second")]
     worker = make_worker(state)
     assert isinstance(worker, PreforkingWorker)
     forked = recording_spares(worker)
@@ -84,7 +90,7 @@ def test_each_job_runs_in_the_horse_forked_before_the_job_was_taken(state: Inbox
 def test_a_spare_that_died_while_waiting_is_replaced_by_an_ordinary_fork(
     state: InboxState,
 ) -> None:
-    jobs = [state.queue.enqueue(where_am_i, tag) for tag in ("first", "second")]
+    jobs = [enqueue(state, tag) for tag in ("first", "second")]
     worker = make_worker(state)
     assert isinstance(worker, PreforkingWorker)
     killed = recording_spares(worker, kill=True)
