@@ -17,7 +17,7 @@ import pytest
 from flask_dicom_inbox.extension import InboxState
 from flask_dicom_inbox.workers import PreforkingWorker, RecoveringWorker, make_worker
 
-from .conftest import process_alive
+from .conftest import process_alive, wait_until
 
 
 def where_am_i(tag: str) -> dict[str, Any]:
@@ -43,10 +43,8 @@ def recording_spares(worker: PreforkingWorker, *, kill: bool = False) -> list[in
         forked.append(pid)
         if kill:
             os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while process_alive(pid):  # a zombie now: dead, not yet reaped
-                assert time.monotonic() < deadline, "the spare outlived SIGKILL"
-                time.sleep(0.005)
+            # A zombie then: dead, not yet reaped.
+            wait_until(lambda: not process_alive(pid), 10, "the spare to die of SIGKILL", 0.005)
 
     worker._fork_spare = record  # type: ignore[method-assign]
     return forked
@@ -159,19 +157,14 @@ def test_a_worker_process_killed_outright_leaves_no_spare_behind(
             time.sleep(60)
         finally:
             os._exit(1)
-    deadline = time.monotonic() + 20
-    while not pids.exists():
-        assert time.monotonic() < deadline, "the worker made no spare"
-        time.sleep(0.01)
+    wait_until(pids.exists, 20, "the worker to make a spare")
     spare, holder = map(int, pids.read_text().split())
     try:
         assert process_alive(spare) and process_alive(holder)
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
-        deadline = time.monotonic() + 10
-        while process_alive(spare):  # reparented to init, which reaps it once it exits
-            assert time.monotonic() < deadline, "the spare outlived its worker"
-            time.sleep(0.01)
+        # Reparented to init, which reaps it once it exits.
+        wait_until(lambda: not process_alive(spare), 10, "the spare to leave with its worker")
         assert process_alive(holder), "the pipe was still held open when the spare left"
     finally:
         os.kill(holder, signal.SIGKILL)
