@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from datetime import datetime, timezone
 
 import click
 from flask import current_app
@@ -68,6 +70,32 @@ def recover_command() -> None:
         click.echo(f"re-queued: {', '.join(map(str, requeued))}")
     else:
         click.echo("nothing to recover")
+
+
+@dicom_inbox_cli.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    required=True,
+    help="Days since the request finished (Completed or Failed).",
+)
+@click.option("--dry-run", is_flag=True, help="Only list what would be deleted.")
+def prune_command(days: float, dry_run: bool) -> None:
+    """Delete the records of requests that finished more than DAYS ago.
+
+    Their status URLs then answer 404 and they leave the status lists; unfinished requests
+    are never touched. Run it from cron to keep Redis from growing for ever.
+    """
+    cutoff = time.time() - days * 86400
+    pruned = current_state().store.prune(int(cutoff * 1000), dry_run=dry_run)
+    when = datetime.fromtimestamp(cutoff, timezone.utc).isoformat(timespec="seconds")
+    shown = ", ".join(map(str, pruned[:20])) + (", ..." if len(pruned) > 20 else "")
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(
+        f"{verb} {len(pruned)} request record(s) finished before {when}"
+        + (f": {shown}" if pruned else "")
+    )
 
 
 @dicom_inbox_cli.command("handlers")

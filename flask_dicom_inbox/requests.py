@@ -1,8 +1,9 @@
 """Durable import request records in Redis, with their status history.
 
-RQ keeps a job's result for minutes; these records stay until deleted, so a status URL keeps
-answering long after the job is gone. Counters are Redis hash fields (``HINCRBY``), so several
-processes can report progress on one request without overwriting each other.
+RQ keeps a job's result for minutes; these records stay until ``flask dicom-inbox prune``
+deletes finished ones, so a status URL keeps answering long after the job is gone. Counters
+are Redis hash fields (``HINCRBY``), so several processes can report progress on one request
+without overwriting each other.
 """
 
 from __future__ import annotations
@@ -431,6 +432,45 @@ class RequestStore:
         self.redis.hset(key, "fixed", json.dumps(fixed))
 
     # -- the ledger of stored files: what a retried run must count but can no longer see -----
+    # -- retention --------------------------------------------------------------------------
+    def prune(self, finished_before: int, *, dry_run: bool = False, batch: int = 500) -> list[int]:
+        """Delete the records of requests that finished before ``finished_before`` (ms since
+        the epoch, by the record's last change); return their ids, oldest first.
+
+        Records otherwise stay for ever, and ``/xapi/dicom/list/all`` reads every one. An
+        unfinished request is never touched, and a finished one never changes again, so a
+        request cannot finish and be pruned half way. Read in batches of ``batch`` ids.
+        """
+        pruned: list[int] = []
+        after = "-inf"
+        while True:
+            ids = [
+                int(i)
+                for i in self.redis.zrangebyscore(self._all_key, after, "+inf", start=0, num=batch)
+            ]
+            if not ids:
+                return pruned
+            after = f"({ids[-1]}"
+            pipe = self.redis.pipeline(transaction=False)
+            for request_id in ids:
+                pipe.hmget(self._key(request_id), "status", "timestamp", "fixed")
+            doomed: list[tuple[int, str]] = []
+            for request_id, (status, timestamp, fixed) in zip(ids, pipe.execute(), strict=True):
+                if status is None or fixed is None or status.decode() not in FINISHED:
+                    continue
+                if int(timestamp or 0) < finished_before:
+                    doomed.append((request_id, str(json.loads(fixed)["username"])))
+            if doomed and not dry_run:
+                pipe = self.redis.pipeline(transaction=True)
+                for request_id, username in doomed:
+                    pipe.unlink(
+                        *(self._key(request_id, s) for s in ("", ":errors", ":history", ":stored"))
+                    )
+                    pipe.zrem(self._all_key, str(request_id))
+                    pipe.zrem(self._user_key(username), str(request_id))
+                pipe.execute()
+            pruned.extend(request_id for request_id, _user in doomed)
+
     def add_stored(self, request_id: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """Record files stored durably (by source path): a file moved away by a killed run
         is gone from the inbox, and only this ledger lets the retry count it."""
