@@ -15,6 +15,7 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from flask_dicom_inbox import DicomInbox
+from flask_dicom_inbox.origin import cross_origin_refusal
 
 from .host import SqliteUsers
 
@@ -53,6 +54,10 @@ def init_dashboard(app: Flask, url_prefix: str = DASHBOARD_PREFIX) -> bool:
         # The blueprint object is shared by every app in the process: gate it here, per app.
         if request.blueprint != _BLUEPRINT:
             return None
+        # Its delete and requeue buttons POST: refused from another site's page (CSRF).
+        reason = cross_origin_refusal(request, DicomInbox.state(app).config.trusted_origins)
+        if reason is not None:
+            return _refusal(403, reason)
         creds = request.authorization
         if creds is None or creds.type != "basic":
             return _refusal(401, "authentication required: send HTTP basic auth credentials")

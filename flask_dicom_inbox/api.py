@@ -13,9 +13,10 @@ from .api_anonymize import add_anonymization_routes
 from .api_ui import add_status_page_routes
 from .api_xnat import add_xnat_routes
 from .auth import current_user
-from .errors import DicomInboxError, NotFound, ServiceUnavailable
+from .errors import DicomInboxError, Forbidden, NotFound, ServiceUnavailable
 from .handlers.dicom_zip import wait_for_answer
 from .openapi import add_openapi_routes
+from .origin import cross_origin_refusal
 from .requests import ImportRequest
 from .uploads import read_submission
 
@@ -32,6 +33,12 @@ def _state() -> InboxState:
 def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
     """A blueprint whose every route needs a valid user (a ``before_request`` gate)."""
     bp = Blueprint("dicom_inbox", __name__)
+
+    @bp.before_request
+    def _no_cross_site_writes() -> None:  # before the credentials are even looked at
+        reason = cross_origin_refusal(request, _state().config.trusted_origins)
+        if reason is not None:
+            raise Forbidden(reason)
 
     @bp.before_request
     @auth.login_required  # type: ignore[untyped-decorator]

@@ -13,6 +13,8 @@ from typing import Any
 
 from flask import Flask
 
+from .origin import normalized_origins
+
 #: Key -> (default, one-line documentation). The README's configuration table mirrors this.
 DEFAULTS: dict[str, tuple[Any, str]] = {
     "DICOM_INBOX_PATH": (None, "Inbox root; sessions live under <root>/<PROJECT_ID>/..."),
@@ -86,6 +88,11 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "Seconds a DICOM-zip POST waits for its import to answer the session URL as XNAT "
         "does; 0 = answer the status URL at once.",
     ),
+    "DICOM_INBOX_TRUSTED_ORIGINS": (
+        "",
+        "Origins (scheme://host[:port], comma-separated) of other sites whose pages may send "
+        "state-changing calls from a browser; a browser's others are refused (403).",
+    ),
 }
 
 
@@ -118,6 +125,7 @@ class InboxConfig:
     archive_max_ratio: float = 200.0
     upload_max_bytes: int = 32 * 1024**3
     upload_wait: float = 600.0
+    trusted_origins: frozenset[str] = frozenset()
 
     @classmethod
     def from_app(cls, app: Flask) -> InboxConfig:
@@ -160,6 +168,7 @@ class InboxConfig:
             archive_max_ratio=float(c["DICOM_INBOX_ARCHIVE_MAX_RATIO"]),
             upload_max_bytes=max(0, int(c["DICOM_INBOX_UPLOAD_MAX_BYTES"])),
             upload_wait=max(0.0, float(c["DICOM_INBOX_UPLOAD_WAIT"])),
+            trusted_origins=normalized_origins(c["DICOM_INBOX_TRUSTED_ORIGINS"] or ""),
         )
 
 

@@ -48,7 +48,8 @@ _REQUEST_REF = {"$ref": "#/components/schemas/ImportRequest"}
 _ERROR_TEXT = {
     400: "Bad Request: a missing or invalid parameter or body; the message names the cause.",
     401: "Unauthorized: no, bad or expired credentials (basic auth or the JSESSIONID cookie).",
-    403: "Forbidden: the user lacks the right this call needs.",
+    403: "Forbidden: the user lacks the right this call needs, or a browser sent this write "
+    "from another site's page (see DICOM_INBOX_TRUSTED_ORIGINS).",
     404: "Not Found: no such request or project, or not one the user may see.",
     409: "Conflict: the archive already holds the label (overwrite=none), or an unfinished "
     "request already covers the folder.",
