@@ -70,7 +70,11 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
         registry = _state().registry
         name = request.args.get("import-handler")
         handler = registry.get(name) if name in registry else None
-        raw, upload = read_submission(request, takes_upload=getattr(handler, "takes_upload", False))
+        raw, upload = read_submission(
+            request,
+            takes_upload=getattr(handler, "takes_upload", False),
+            max_upload_bytes=_state().config.upload_max_bytes,
+        )
         try:
             record = submit(_state(), current_user(), raw, upload=upload)
         except BaseException:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import IO
 
 from flask import Request
-from werkzeug.exceptions import ClientDisconnected
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from .errors import BadRequest, PayloadTooLarge
 
@@ -88,19 +88,45 @@ class Upload:
 
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
+#: The largest form body of a handler that takes no upload: its parameters only.
+FORM_MAX_BYTES = 1024 * 1024
 
-def read_submission(req: Request, *, takes_upload: bool) -> tuple[dict[str, str], Upload | None]:
+
+def read_submission(
+    req: Request, *, takes_upload: bool, max_upload_bytes: int = 0
+) -> tuple[dict[str, str], Upload | None]:
     """The submit parameters (query string, plus a form body) and the body as an upload.
 
     A form body is parsed only when it is a form: an archive posted as the raw body (any
     other content type, or ``curl --data-binary``'s default form type for a handler that
     ``takes_upload``) is left unread for the handler. In a multipart form, the first file
     part is the upload.
+
+    Werkzeug spools a multipart file part to disk while it parses the form, before any check
+    of ours: the form may hold ``max_upload_bytes`` (0: no limit) and ``FORM_MAX_BYTES`` of
+    fields for a handler that takes an upload, ``FORM_MAX_BYTES`` for one that does not
+    (413 past it, from ``Content-Length`` before reading, else while reading).
     """
     args = req.args.to_dict(flat=True)
     mimetype = req.mimetype
     if mimetype == "multipart/form-data" or (mimetype in _FORM_TYPES and not takes_upload):
-        raw = {**args, **req.form.to_dict(flat=True)}
+        ours: int | None = FORM_MAX_BYTES
+        if takes_upload:
+            ours = max_upload_bytes + FORM_MAX_BYTES if max_upload_bytes else None
+        limits = [n for n in (req.max_content_length, ours) if n is not None]
+        limit = req.max_content_length = min(limits) if limits else None  # a host's may be less
+        try:
+            raw = {**args, **req.form.to_dict(flat=True)}
+        except RequestEntityTooLarge:
+            what = (
+                "form with its upload"
+                if takes_upload
+                else "form (parameters only: this handler takes no upload)"
+            )
+            raise PayloadTooLarge(
+                f"the {what} is over the limit of {limit} bytes",
+                errors={"body": [f"more than {limit} bytes"]},
+            ) from None
         part = next(iter(req.files.values()), None)
         if part is None:
             return raw, None

@@ -330,6 +330,99 @@ def test_dicom_zip_over_the_size_limit_is_413_while_streaming(
         _cleanup(state)
 
 
+class _CountingBody(io.BytesIO):
+    """A request body that records the size of each read."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[int] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.reads.append(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        count = super().readinto(buffer)
+        self.reads.append(count)
+        return count
+
+
+def _multipart(
+    client: FlaskClient, data: bytes, handler: str, *, chunked: bool = False, **params: str
+) -> tuple[Any, _CountingBody]:
+    """POST ``data`` as the file part of a multipart form, with ``params`` as its fields.
+
+    (The body goes in as the builder's ``input_stream``: the test client's form parsing
+    found nothing in a ``wsgi.input`` set through ``environ_overrides``.)
+    """
+    from werkzeug.datastructures import FileStorage
+    from werkzeug.test import encode_multipart
+
+    part = FileStorage(io.BytesIO(data), filename="session.zip", content_type="application/zip")
+    boundary, body = encode_multipart({**params, "file": part})
+    stream = _CountingBody(body)
+    response = client.post(
+        "/data/services/import",
+        query_string={"import-handler": handler},
+        input_stream=stream,
+        content_length=None if chunked else len(body),
+        content_type=f"multipart/form-data; boundary={boundary}",
+        environ_overrides={"wsgi.input_terminated": True} if chunked else {},
+        headers=auth(),
+    )
+    return response, stream
+
+
+def test_dicom_zip_as_the_file_part_of_a_multipart_form_imports(
+    app: Flask, client: FlaskClient, state: InboxState, tmp_path: Path
+) -> None:
+    body = _pack(tmp_path / "u.zip", _session(tmp_path)).read_bytes()
+    response, _stream = _multipart(
+        client, body, "DICOM-zip", PROJECT_ID="test_proj", SUBJECT_ID="m1", EXPT_LABEL="mp1"
+    )
+    record = _record(state, response)
+    run_worker(app)
+    done = state.store.get(record.id)
+    assert done.status == "Completed", (done.message, done.errors)
+    assert done.sessions[0]["label"] == "mp1" and done.sessions[0]["subject"] == "m1"
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_multipart_form_over_its_limit_is_413_before_werkzeug_spools_it(
+    app_config: dict[str, Any], chunked: bool
+) -> None:
+    """Werkzeug writes a form's file part to a temporary file while it parses the form,
+    before any check of ours: the limit applies to the form's bytes as they are read."""
+    from example_app import create_app
+    from flask_dicom_inbox.uploads import FORM_MAX_BYTES
+
+    app = create_app({**app_config, "DICOM_INBOX_UPLOAD_MAX_BYTES": 100_000})
+    _users(app)
+    state = app.extensions["dicom_inbox"]
+    client = app.test_client()
+    try:
+        cases = [  # (handler, file part bytes, the limit the message names)
+            ("DICOM-zip", 100_000 + FORM_MAX_BYTES + 4096, 100_000 + FORM_MAX_BYTES),
+            ("inbox", FORM_MAX_BYTES + 4096, FORM_MAX_BYTES),
+        ]
+        for handler, size, limit in cases:
+            data = bytes(range(256)) * (size // 256 + 1)
+            response, stream = _multipart(
+                client, data, handler, chunked=chunked, PROJECT_ID="test_proj"
+            )
+            assert response.status_code == 413, response.get_data(as_text=True)
+            assert f"over the limit of {limit} bytes" in response.get_json()["message"]
+            if chunked:
+                assert sum(stream.reads) <= limit + 2 * 256 * 1024, "stopped at the limit"
+            else:
+                assert stream.reads == [], "refused from Content-Length before reading"
+        assert state.store.ids() == []
+        assert _work_files(state) == {}
+    finally:
+        _cleanup(state)
+
+
 def test_dicom_zip_refusals_leave_nothing_behind(
     client: FlaskClient, state: InboxState, tmp_path: Path
 ) -> None:
