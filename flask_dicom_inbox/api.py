@@ -74,6 +74,7 @@ def build_blueprint(auth: HTTPBasicAuth) -> Blueprint:
             request,
             takes_upload=getattr(handler, "takes_upload", False),
             max_upload_bytes=_state().config.upload_max_bytes,
+            handler_known=name is not None,
         )
         try:
             record = submit(_state(), current_user(), raw, upload=upload)

@@ -27,6 +27,7 @@ from markupsafe import escape
 
 from .auth import public_view
 from .errors import NotFound
+from .origin import SAFE_METHODS
 from .schemas import (
     LABEL_PATTERN,
     ErrorSchema,
@@ -48,8 +49,7 @@ _REQUEST_REF = {"$ref": "#/components/schemas/ImportRequest"}
 _ERROR_TEXT = {
     400: "Bad Request: a missing or invalid parameter or body; the message names the cause.",
     401: "Unauthorized: no, bad or expired credentials (basic auth or the JSESSIONID cookie).",
-    403: "Forbidden: the user lacks the right this call needs, or a browser sent this write "
-    "from another site's page (see DICOM_INBOX_TRUSTED_ORIGINS).",
+    403: "Forbidden: the user lacks the right this call needs.",
     404: "Not Found: no such request or project, or not one the user may see.",
     409: "Conflict: the archive already holds the label (overwrite=none), or an unfinished "
     "request already covers the folder.",
@@ -556,14 +556,31 @@ def _path_parameter(name: str, converter: str, op: _Operation) -> dict[str, Any]
     return {"in": "path", "name": name, "required": True, "schema": schema}
 
 
-def _responses(op: _Operation) -> dict[str, Any]:
+#: What a 403 also means on a method that changes something (flask_dicom_inbox/origin.py).
+_CROSS_SITE_403 = (
+    "a browser sent this call from another site's page (Sec-Fetch-Site, else Origin); "
+    "DICOM_INBOX_TRUSTED_ORIGINS admits such a site."
+)
+
+
+def _responses(op: _Operation, method: str) -> dict[str, Any]:
     out = dict(op.responses)
     codes = set(op.errors)
     if op.access == "user":
         codes |= {401, 503}
+    writes = method.upper() not in SAFE_METHODS
+    if writes:
+        codes.add(403)
     for code in sorted(codes):
+        text = _ERROR_TEXT[code]
+        if code == 403 and writes:
+            text = (
+                f"{text[:-1]}, or {_CROSS_SITE_403}"
+                if 403 in op.errors
+                else f"Forbidden: {_CROSS_SITE_403}"
+            )
         response: dict[str, Any] = {
-            "description": _ERROR_TEXT[code],
+            "description": text,
             "content": {"application/json": {"schema": _ERROR_REF}},
         }
         if code == 401:
@@ -580,7 +597,7 @@ def _operation_dict(route: _Route, op: _Operation, plugin: MarshmallowPlugin) ->
         "summary": op.summary,
         "tags": [op.tag],
         "operationId": route.endpoint + ("_rest" if route.path.startswith("/REST/") else ""),
-        "responses": _responses(op),
+        "responses": _responses(op, route.method),
     }
     if op.description:
         out["description"] = op.description

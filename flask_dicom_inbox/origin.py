@@ -3,9 +3,13 @@
 A browser that holds basic-auth credentials or the ``JSESSIONID`` cookie of this app sends
 them with any form or ``fetch`` that another site's page makes, so that page could start
 imports or change anonymization scripts in the user's name. Browsers label such requests:
-every current one sends ``Sec-Fetch-Site``, and a cross-origin POST carries ``Origin``.
-Clients such as curl, scripts and the ``xnat`` client send neither, and pass unchanged.
-These are the checks of Go's ``http.CrossOriginProtection``.
+current ones send ``Sec-Fetch-Site`` to secure origins (HTTPS, and ``localhost``), and a
+cross-origin POST carries ``Origin`` everywhere. Over plain HTTP only ``Origin`` is there,
+and it is compared with the ``Host`` the app sees: a proxy in front must pass the browser's
+``Host`` on (or Werkzeug's ``ProxyFix(x_host=1)`` be used), else list the site's own origin
+in ``DICOM_INBOX_TRUSTED_ORIGINS``. Clients such as curl, scripts and the ``xnat`` client
+send neither header, and pass unchanged. These are the checks of Go's
+``http.CrossOriginProtection``.
 """
 
 from __future__ import annotations
@@ -21,10 +25,27 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 def normalized_origins(origins: Iterable[str] | str) -> frozenset[str]:
     """``scheme://host[:port]`` entries, lower case, without a trailing slash; a string is
-    split at commas and white space (as the environment gives it)."""
+    split at commas and white space (as the environment gives it). Anything else (a path,
+    another scheme) could never match a browser's ``Origin``: :class:`ValueError`."""
     if isinstance(origins, str):
         origins = origins.replace(",", " ").split()
-    return frozenset(o.strip().rstrip("/").lower() for o in origins if o.strip())
+    out = set()
+    for entry in (o.strip().rstrip("/").lower() for o in origins if o.strip()):
+        parts = urlsplit(entry)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or "@" in parts.netloc
+            or parts.path
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(
+                f"DICOM_INBOX_TRUSTED_ORIGINS: {entry!r} is not an origin "
+                "(http or https://host[:port], nothing after it)"
+            )
+        out.add(entry)
+    return frozenset(out)
 
 
 def cross_origin_refusal(request: Request, trusted: frozenset[str] = frozenset()) -> str | None:

@@ -431,11 +431,10 @@ class RequestStore:
         fixed.setdefault("options", {})[name] = value
         self.redis.hset(key, "fixed", json.dumps(fixed))
 
-    # -- the ledger of stored files: what a retried run must count but can no longer see -----
     # -- retention --------------------------------------------------------------------------
     def prune(self, finished_before: int, *, dry_run: bool = False, batch: int = 500) -> list[int]:
         """Delete the records of requests that finished before ``finished_before`` (ms since
-        the epoch, by the record's last change); return their ids, oldest first.
+        the epoch, by the record's last change); return their ids in the order they were made.
 
         Records otherwise stay for ever, and ``/xapi/dicom/list/all`` reads every one. An
         unfinished request is never touched, and a finished one never changes again, so a
@@ -471,6 +470,7 @@ class RequestStore:
                 pipe.execute()
             pruned.extend(request_id for request_id, _user in doomed)
 
+    # -- the ledger of stored files: what a retried run must count but can no longer see -----
     def add_stored(self, request_id: int, entries: Mapping[str, Mapping[str, Any]]) -> None:
         """Record files stored durably (by source path): a file moved away by a killed run
         is gone from the inbox, and only this ledger lets the retry count it."""

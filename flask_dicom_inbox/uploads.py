@@ -93,7 +93,7 @@ FORM_MAX_BYTES = 1024 * 1024
 
 
 def read_submission(
-    req: Request, *, takes_upload: bool, max_upload_bytes: int = 0
+    req: Request, *, takes_upload: bool, max_upload_bytes: int = 0, handler_known: bool = True
 ) -> tuple[dict[str, str], Upload | None]:
     """The submit parameters (query string, plus a form body) and the body as an upload.
 
@@ -104,29 +104,25 @@ def read_submission(
 
     Werkzeug spools a multipart file part to disk while it parses the form, before any check
     of ours: the form may hold ``max_upload_bytes`` (0: no limit) and ``FORM_MAX_BYTES`` of
-    fields for a handler that takes an upload, ``FORM_MAX_BYTES`` for one that does not
-    (413 past it, from ``Content-Length`` before reading, else while reading).
+    fields for a handler that takes an upload, or that the query string does not name
+    (``handler_known`` false: a form field may name one that does), ``FORM_MAX_BYTES`` for
+    one that does not (413 past it, from ``Content-Length`` before reading, else while
+    reading).
     """
     args = req.args.to_dict(flat=True)
     mimetype = req.mimetype
     if mimetype == "multipart/form-data" or (mimetype in _FORM_TYPES and not takes_upload):
+        may_upload = takes_upload or not handler_known
         ours: int | None = FORM_MAX_BYTES
-        if takes_upload:
+        if may_upload:
             ours = max_upload_bytes + FORM_MAX_BYTES if max_upload_bytes else None
         limits = [n for n in (req.max_content_length, ours) if n is not None]
         limit = req.max_content_length = min(limits) if limits else None  # a host's may be less
         try:
             raw = {**args, **req.form.to_dict(flat=True)}
         except RequestEntityTooLarge:
-            what = (
-                "form with its upload"
-                if takes_upload
-                else "form (parameters only: this handler takes no upload)"
-            )
-            raise PayloadTooLarge(
-                f"the {what} is over the limit of {limit} bytes",
-                errors={"body": [f"more than {limit} bytes"]},
-            ) from None
+            reason = _form_refusal(req, limit, may_upload)
+            raise PayloadTooLarge(reason, errors={"body": [reason]}) from None
         part = next(iter(req.files.values()), None)
         if part is None:
             return raw, None
@@ -136,3 +132,22 @@ def read_submission(
     return args, Upload(
         req.stream, content_length=req.content_length, content_type=mimetype or None
     )
+
+
+def _form_refusal(req: Request, limit: int | None, may_upload: bool) -> str:
+    """Why Werkzeug refused the form: its size, or (also 413) a field or a count of parts
+    over Werkzeug's own form limits."""
+    what = (
+        "form with its upload"
+        if may_upload
+        else "form (parameters only: this handler takes no upload)"
+    )
+    werkzeug = (
+        f"a field over {req.max_form_memory_size} bytes (MAX_FORM_MEMORY_SIZE) or more than "
+        f"{req.max_form_parts} parts (MAX_FORM_PARTS)"
+    )
+    if limit is None or (req.content_length is not None and req.content_length <= limit):
+        return f"the form has {werkzeug}"
+    if req.content_length is not None:
+        return f"the {what} is over the limit of {limit} bytes"
+    return f"the {what} is over the limit of {limit} bytes, or it has {werkzeug}"

@@ -349,9 +349,10 @@ class _CountingBody(io.BytesIO):
 
 
 def _multipart(
-    client: FlaskClient, data: bytes, handler: str, *, chunked: bool = False, **params: str
+    client: FlaskClient, data: bytes, handler: str | None, *, chunked: bool = False, **params: str
 ) -> tuple[Any, _CountingBody]:
-    """POST ``data`` as the file part of a multipart form, with ``params`` as its fields.
+    """POST ``data`` as the file part of a multipart form, with ``params`` as its fields
+    (``handler`` None: the form names it, not the query string).
 
     (The body goes in as the builder's ``input_stream``: the test client's form parsing
     found nothing in a ``wsgi.input`` set through ``environ_overrides``.)
@@ -364,7 +365,7 @@ def _multipart(
     stream = _CountingBody(body)
     response = client.post(
         "/data/services/import",
-        query_string={"import-handler": handler},
+        query_string={"import-handler": handler} if handler else {},
         input_stream=stream,
         content_length=None if chunked else len(body),
         content_type=f"multipart/form-data; boundary={boundary}",
@@ -374,14 +375,26 @@ def _multipart(
     return response, stream
 
 
+@pytest.mark.parametrize("in_query", [True, False])
 def test_dicom_zip_as_the_file_part_of_a_multipart_form_imports(
-    app: Flask, client: FlaskClient, state: InboxState, tmp_path: Path
+    app: Flask, client: FlaskClient, state: InboxState, tmp_path: Path, in_query: bool
 ) -> None:
-    body = _pack(tmp_path / "u.zip", _session(tmp_path)).read_bytes()
+    """The handler named in the query string, or in a form field (``curl -F
+    import-handler=DICOM-zip -F file=@s.zip``): a 1.5 MiB archive passes either way."""
+    body = _pack(tmp_path / "u.zip", _session(tmp_path, files=10, rows=256)).read_bytes()
+    assert len(body) > 1024 * 1024, "over the limit of a form without an upload"
+    named = {} if in_query else {"import-handler": "DICOM-zip"}
     response, _stream = _multipart(
-        client, body, "DICOM-zip", PROJECT_ID="test_proj", SUBJECT_ID="m1", EXPT_LABEL="mp1"
+        client,
+        body,
+        "DICOM-zip" if in_query else None,
+        PROJECT_ID="test_proj",
+        SUBJECT_ID="m1",
+        EXPT_LABEL="mp1",
+        **named,
     )
     record = _record(state, response)
+    assert record.handler == "DICOM-zip"
     run_worker(app)
     done = state.store.get(record.id)
     assert done.status == "Completed", (done.message, done.errors)
@@ -419,6 +432,37 @@ def test_a_multipart_form_over_its_limit_is_413_before_werkzeug_spools_it(
                 assert stream.reads == [], "refused from Content-Length before reading"
         assert state.store.ids() == []
         assert _work_files(state) == {}
+    finally:
+        _cleanup(state)
+
+
+def test_a_form_413_names_the_limit_that_refused_it(
+    app_config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The host's smaller MAX_CONTENT_LENGTH stays; Werkzeug's own form limits (a field over
+    MAX_FORM_MEMORY_SIZE) are named as such, not as the body's size."""
+    from example_app import create_app
+
+    app = create_app({**app_config, "MAX_CONTENT_LENGTH": 50_000})
+    _users(app)
+    state = app.extensions["dicom_inbox"]
+    client = app.test_client()
+    try:
+        big, _stream = _multipart(client, b"x" * 60_000, "DICOM-zip", PROJECT_ID="test_proj")
+        assert big.status_code == 413
+        assert "over the limit of 50000 bytes" in big.get_json()["message"]
+        small = _pack(tmp_path / "s.zip", _session(tmp_path, files=1, rows=8)).read_bytes()
+        field, _stream = _multipart(
+            client, small, "DICOM-zip", PROJECT_ID="test_proj", note="y" * 40_000
+        )
+        assert field.status_code == 200, field.get_data(as_text=True)
+        app.config["MAX_FORM_MEMORY_SIZE"] = 1_000
+        long_field, _stream = _multipart(
+            client, small, "DICOM-zip", PROJECT_ID="test_proj", note="y" * 2_000
+        )
+        assert long_field.status_code == 413
+        message = long_field.get_json()["message"]
+        assert "MAX_FORM_MEMORY_SIZE" in message and "50000" not in message
     finally:
         _cleanup(state)
 

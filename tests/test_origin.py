@@ -86,6 +86,15 @@ def test_reads_from_another_site_pass_and_a_write_is_refused_before_authenticati
         "/data/services/auth", data={"username": "admin", "password": "x"}, headers=CROSS_SITE
     )
     assert login.status_code == 403
+    before = client.get("/xapi/anonymize/site", headers=auth()).get_data()
+    script = client.put(
+        "/xapi/anonymize/site",
+        data='version "6.1"\n(0010,0010) := "x"\n',
+        content_type="text/plain",
+        headers={**auth(), **CROSS_SITE},
+    )
+    assert script.status_code == 403
+    assert client.get("/xapi/anonymize/site", headers=auth()).get_data() == before
 
 
 def test_a_trusted_origin_may_write(app_config: dict[str, Any], tmp_path: Path) -> None:
@@ -123,6 +132,10 @@ def test_origins_are_normalized_from_text_or_a_list() -> None:
     }
     assert normalized_origins(["https://c.example/"]) == {"https://c.example"}
     assert normalized_origins("") == frozenset()
+    for bad in ("https://portal.example.org/app", "portal.example.org", "ftp://x.example",
+                "https://user@x.example", "https://x.example?q=1", "https://"):  # fmt: skip
+        with pytest.raises(ValueError, match="is not an origin"):
+            normalized_origins(bad)
 
 
 def test_the_dashboard_s_buttons_are_refused_from_another_site(

@@ -32,6 +32,8 @@ def _record(store: RequestStore, final: str | None, age_days: float, user: str =
 
 
 def _keys_of(store: RequestStore, request_id: int) -> int:
+    """The record's keys still in Redis (``:stored``, the ledger, already goes when a request
+    finishes; prune removes it too for records from before that)."""
     return int(
         sum(
             store.redis.exists(store._key(request_id, suffix))
