@@ -76,6 +76,14 @@ def _work_files(state: InboxState) -> dict[str, bytes]:
     return {k: v for k, v in tree(state.config.work_path).items() if not k.endswith("/")}
 
 
+def _completed(app: Flask, state: InboxState, record: Any) -> Any:
+    """Run the queued jobs; the request's record, which must have ``Completed``."""
+    run_worker(app)
+    done = state.store.get(record.id)
+    assert done.status == "Completed", (done.message, done.errors)
+    return done
+
+
 def _record(state: InboxState, response: Any) -> Any:
     assert response.status_code == 200, response.get_data(as_text=True)
     rid = int(response.get_data(as_text=True).strip().rsplit("/", 1)[1])
@@ -111,9 +119,7 @@ def test_cleanup_deletes_the_archive_once_every_member_is_stored(
     archive = _pack(inbox / "test_proj" / "clean.tgz", _session(tmp_path))
     response = submit(client, PROJECT_ID="test_proj", cleanupAfterImport="true", path=archive)
     record = _record(state, response)
-    run_worker(app)
-    done = state.store.get(record.id)
-    assert done.status == "Completed", (done.message, done.errors)
+    done = _completed(app, state, record)
     assert done.errors == []
     assert len(_imported(state)) == 3
     assert not archive.exists(), "deleted once every file was stored"
@@ -133,9 +139,7 @@ def test_cleanup_keeps_an_archive_whose_members_were_refused_and_reports_them(
     before = archive.read_bytes()
     response = submit(client, PROJECT_ID="test_proj", cleanupAfterImport="true", path=archive)
     record = _record(state, response)
-    run_worker(app)
-    done = state.store.get(record.id)
-    assert done.status == "Completed", (done.message, done.errors)
+    done = _completed(app, state, record)
     assert archive.read_bytes() == before, "the refused members live only in the archive: kept"
     assert len(_imported(state)) == 3
     assert sorted((e["path"], e["reason"]) for e in done.errors) == [
@@ -277,9 +281,7 @@ def test_dicom_zip_upload_streams_to_disk_and_imports(
     assert record.handler == "DICOM-zip"
     assert record.status == "Queued"
 
-    run_worker(app)
-    done = state.store.get(record.id)
-    assert done.status == "Completed", (done.message, done.errors)
+    done = _completed(app, state, record)
     assert done.resolution.startswith("/prearchive/projects/test_proj/")
     assert done.sessions[0]["subject"] == "s9"
     imported = _imported(state)
@@ -298,9 +300,7 @@ def test_dicom_zip_accepts_tar_gz_and_the_xnat_parameter_names(
     response = _upload(client, body, project="test_proj", subject="s2", session="e2")
     record = _record(state, response)
     assert record.project_id == "test_proj"
-    run_worker(app)
-    done = state.store.get(record.id)
-    assert done.status == "Completed", (done.message, done.errors)
+    done = _completed(app, state, record)
     assert done.sessions[0]["label"] == "e2" and done.sessions[0]["subject"] == "s2"
 
 
@@ -395,9 +395,7 @@ def test_dicom_zip_as_the_file_part_of_a_multipart_form_imports(
     )
     record = _record(state, response)
     assert record.handler == "DICOM-zip"
-    run_worker(app)
-    done = state.store.get(record.id)
-    assert done.status == "Completed", (done.message, done.errors)
+    done = _completed(app, state, record)
     assert done.sessions[0]["label"] == "mp1" and done.sessions[0]["subject"] == "m1"
 
 
