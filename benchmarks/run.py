@@ -58,6 +58,8 @@ import requests  # noqa: E402
 from generate import MARKER, dicom_files, generate  # noqa: E402
 
 PY = sys.executable
+#: Bytes of one generated CT file of the main table (512 x 512 x 16 bit, and its header).
+CT_FILE_BYTES = 512 * 512 * 2 + 2000
 PROJECT = "bench"
 #: Seconds of the 1-process pydicom header read of 2,000 CT files in the issue's table.
 REFERENCE_HEADER_READ_S = 0.57
@@ -260,7 +262,24 @@ class Bench:
         self.results = Results()
         self.mb = 0.0
 
+    def check_room(self) -> None:
+        """Refuse at once rather than fill the disk an hour in: while a method runs, the disk
+        holds the generated files, a fresh copy of them and what the method wrote from it."""
+        size = self.files * CT_FILE_BYTES
+        needed = size * (2 if (self.src / MARKER).is_file() else 3) * 1.1
+        free = shutil.disk_usage(self.base).free
+        if free < needed:
+            raise SystemExit(
+                f"{self.files} CT files need about {needed / 1e9:.0f} GB free in {self.base} "
+                f"({free / 1e9:.0f} GB free): the table holds the generated files "
+                f"({size / 1e9:.0f} GB), a fresh copy of them and a method's output at once. "
+                "Point BENCH_DIR at a larger disk, or time 1,000 to "
+                f"{self.files} small files with the size-scaling table: "
+                f"BENCH_FILES={self.files} .venv/bin/python benchmarks/run.py --only scale"
+            )
+
     def prepare_data(self) -> None:
+        self.check_room()
         t0 = time.perf_counter()
         made = generate(self.src, self.files)
         self.mb = made.bytes / 1e6
