@@ -222,7 +222,8 @@ def test_archive_paths_are_checked_at_submit(
 
 
 class _TrickleStream(io.RawIOBase):
-    """A body that can only be read piece by piece, recording each read's size."""
+    """A body that can only be read piece by piece, recording each read's size. Seekable, as
+    the test client's ``input_stream`` must be (it rewinds the stream before the request)."""
 
     def __init__(self, data: bytes) -> None:
         self._data = io.BytesIO(data)
@@ -230,6 +231,15 @@ class _TrickleStream(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._data.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._data.tell()
 
     def readinto(self, buffer: Any) -> int:
         chunk = self._data.read(min(len(buffer), 256 * 1024))
@@ -330,27 +340,9 @@ def test_dicom_zip_over_the_size_limit_is_413_while_streaming(
         _cleanup(state)
 
 
-class _CountingBody(io.BytesIO):
-    """A request body that records the size of each read."""
-
-    def __init__(self, data: bytes) -> None:
-        super().__init__(data)
-        self.reads: list[int] = []
-
-    def read(self, size: int | None = -1) -> bytes:
-        data = super().read(size)
-        self.reads.append(len(data))
-        return data
-
-    def readinto(self, buffer: Any) -> int:
-        count = super().readinto(buffer)
-        self.reads.append(count)
-        return count
-
-
 def _multipart(
     client: FlaskClient, data: bytes, handler: str | None, *, chunked: bool = False, **params: str
-) -> tuple[Any, _CountingBody]:
+) -> tuple[Any, _TrickleStream]:
     """POST ``data`` as the file part of a multipart form, with ``params`` as its fields
     (``handler`` None: the form names it, not the query string).
 
@@ -362,7 +354,7 @@ def _multipart(
 
     part = FileStorage(io.BytesIO(data), filename="session.zip", content_type="application/zip")
     boundary, body = encode_multipart({**params, "file": part})
-    stream = _CountingBody(body)
+    stream = _TrickleStream(body)
     response = client.post(
         "/data/services/import",
         query_string={"import-handler": handler} if handler else {},
