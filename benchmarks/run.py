@@ -58,8 +58,8 @@ import requests  # noqa: E402
 from generate import MARKER, dicom_files, generate  # noqa: E402
 
 PY = sys.executable
-#: Bytes of one generated CT file of the main table (512 x 512 x 16 bit, and its header).
-CT_FILE_BYTES = 512 * 512 * 2 + 2000
+
+
 PROJECT = "bench"
 #: Seconds of the 1-process pydicom header read of 2,000 CT files in the issue's table.
 REFERENCE_HEADER_READ_S = 0.57
@@ -204,6 +204,12 @@ def target(
 # --------------------------------------------------------------------------- files
 
 
+def file_bytes(rows: int) -> int:
+    """About the bytes of one generated file of ``rows`` x ``rows`` 16-bit pixels and its
+    header (the main table's are 512 x 512)."""
+    return rows * rows * 2 + 2000
+
+
 def fresh_copy(src: Path, dst: Path) -> None:
     """An untimed ``cp -r`` of ``src`` to ``dst`` (which must not exist), then ``sync``."""
     if dst.exists():
@@ -265,7 +271,7 @@ class Bench:
     def check_room(self) -> None:
         """Refuse at once rather than fill the disk an hour in: while a method runs, the disk
         holds the generated files, a fresh copy of them and what the method wrote from it."""
-        size = self.files * CT_FILE_BYTES
+        size = self.files * file_bytes(512)
         needed = size * (2 if (self.src / MARKER).is_file() else 3) * 1.1
         free = shutil.disk_usage(self.base).free
         if free < needed:
@@ -608,7 +614,7 @@ class Bench:
         # with `discard`, a virtual disk) files created after a large delete cost 4-5x more
         # than after none, and which run followed a delete decided the median (docs/
         # performance.md). Kept, the table needs room for every copy of every size.
-        rows_mb = sum(size for size in sizes) * (rows * rows * 2 + 2000) / 1e6
+        rows_mb = sum(size for size in sizes) * file_bytes(rows) / 1e6
         kept_copies = 3 * runs + 2  # inbox folder, cp copy and import of each run and warm-up
         keep = shutil.disk_usage(self.base).free / 1e6 > kept_copies * rows_mb * 1.2
         deletes = (
