@@ -13,7 +13,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -158,6 +158,17 @@ def _walked_header(fp: BinaryIO, start: int, size: int, implicit: bool) -> Dicom
             return None
     if found is None:
         return None
+    return header_from_raw(found)
+
+
+#: The top-level tags :func:`header_from_raw` reads.
+HEADER_TAGS = _WALKED
+
+
+def header_from_raw(found: Mapping[int, bytes]) -> DicomHeader | None:
+    """The header from the raw values of :data:`HEADER_TAGS` (absent ones left out), or
+    ``None`` when a value needs pydicom: a character set to decode, several values, or no
+    SOP UIDs (pydicom's read gives the reason)."""
     text: dict[str, str] = {}
     for keyword, tag in _WALKED_TAGS.items():
         raw = found.get(int(tag), b"")
@@ -402,7 +413,6 @@ def _expected_pixel_bytes(ds: Dataset) -> int | None:
     return (expected * bits + 7) // 8
 
 
-_GEOMETRY_TAGS = _tags("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
 _UNPACK_US = struct.Struct("<H").unpack
 
 
@@ -414,25 +424,52 @@ def _expected_pixel_bytes_le(ds: Dataset) -> int | None:
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     if syntax is None or syntax.is_compressed:
         return None
-    found: dict[str, int] = {}
-    for keyword, tag in _GEOMETRY_TAGS.items():
+
+    def raw_of(tag: BaseTag) -> tuple[str | None, bytes] | None:
         raw = ds._dict.get(tag)
-        if raw is None and keyword in ("SamplesPerPixel", "NumberOfFrames"):
+        if raw is None:
+            return None
+        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+            raise NotPlain
+        return raw.VR, raw.value
+
+    try:
+        return native_pixel_bytes(raw_of)
+    except NotPlain:
+        return _expected_pixel_bytes(ds)
+
+
+class NotPlain(Exception):
+    """An element not plainly encoded: convert it with pydicom to know its value."""
+
+
+GEOMETRY_TAGS = _tags("Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames")
+
+
+def native_pixel_bytes(raw_of: Callable[[BaseTag], tuple[str | None, bytes] | None]) -> int:
+    """The length native pixel data must have, from the geometry elements' ``(VR, bytes)``
+    as read (``None`` when absent; VR ``None`` in an implicit VR file); :class:`NotPlain`
+    when one of them is not plainly encoded."""
+    found: dict[str, int] = {}
+    for keyword, tag in GEOMETRY_TAGS.items():
+        raw = raw_of(tag)
+        if raw is None:
+            if keyword not in ("SamplesPerPixel", "NumberOfFrames"):
+                raise NotPlain
             found[keyword] = 1
             continue
-        if not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
-            return _expected_pixel_bytes(ds)
+        vr, value = raw
         if keyword == "NumberOfFrames":  # IS: ASCII digits; empty or 0 counts as one frame
-            if raw.VR not in (None, "IS") or not raw.value.strip(b" \x00").isdigit():
-                if raw.value.strip(b" \x00"):
-                    return _expected_pixel_bytes(ds)
+            if vr not in (None, "IS") or not value.strip(b" \x00").isdigit():
+                if value.strip(b" \x00"):
+                    raise NotPlain
                 found[keyword] = 1
                 continue
-            found[keyword] = int(raw.value.strip(b" \x00")) or 1
-        elif raw.VR in (None, "US") and len(raw.value) == 2:
-            found[keyword] = _UNPACK_US(raw.value)[0] or (1 if keyword == "SamplesPerPixel" else 0)
+            found[keyword] = int(value.strip(b" \x00")) or 1
+        elif vr in (None, "US") and len(value) == 2:
+            found[keyword] = _UNPACK_US(value)[0] or (1 if keyword == "SamplesPerPixel" else 0)
         else:
-            return _expected_pixel_bytes(ds)
+            raise NotPlain
     expected = found["Rows"] * found["Columns"] * found["SamplesPerPixel"] * found["NumberOfFrames"]
     return (expected * found["BitsAllocated"] + 7) // 8
 

@@ -329,6 +329,30 @@ class Script:
         when none does, :meth:`apply` gives the same result on a header read."""
         return any(_names_pixel_data(path) for st in self.statements for path in _paths_of(st))
 
+    @functools.cached_property
+    def top_level_tags(self) -> frozenset[int] | None:
+        """The tags the script reads or sets, when it only sets and reads top-level text
+        elements named exactly; ``None`` when it does anything else.
+
+        Such a script run over a dataset holding only those elements (those of them the file
+        has) changes them exactly as it would in the whole file: nothing it does reaches other
+        elements. Not so for deletions and ``removeAllPrivateTags`` (they reach into
+        sequences), ``hashUID`` (the UID is replaced wherever it occurs), wildcards, paths
+        into sequences, private tags, the file meta, the SOP instance UID (the file meta
+        follows it), the character set (it decides how other elements are encoded), and
+        elements whose VR pydicom decides from other elements.
+        """
+        tags: set[int] = set()
+        for statement in self.statements:
+            if not _top_level_only(statement):
+                return None
+            for path in _paths_of(statement):
+                tag = _plain_top_level_tag(path)
+                if tag is None:
+                    return None
+                tags.add(tag)
+        return frozenset(tags)
+
 
 def parse_script(text: str) -> Script:
     """Parse a script; :class:`ScriptSyntaxError` with line and column on any fault."""
@@ -378,6 +402,47 @@ def _paths_of(statement: Statement) -> Iterator[TagPath]:
     for branch in (statement.then, statement.otherwise):
         if branch is not None:
             yield from _paths_of(branch)
+
+
+_TOP_LEVEL_KINDS = frozenset({"set", "setif", "assign", "cond", "noop"})
+#: Tags a top-level-only script may not name (see :attr:`Script.top_level_tags`).
+_NOT_PLAIN = frozenset({0x00080005, 0x00080016, 0x00080018})
+
+
+def _top_level_only(statement: Statement) -> bool:
+    if statement.kind not in _TOP_LEVEL_KINDS:
+        return False
+    values = (statement.value, statement.left, statement.right)
+    if any(_calls_hash(v) for v in values if v is not None):
+        return False
+    return all(_top_level_only(b) for b in (statement.then, statement.otherwise) if b)
+
+
+def _calls_hash(value: Value) -> bool:
+    return value.func == "hashUID" or any(_calls_hash(a) for a in value.args)
+
+
+def _plain_top_level_tag(path: TagPath) -> int | None:
+    """The tag of a one-part, wildcard-free path to a public text element, else ``None``."""
+    if len(path.parts) != 1 or path.has_wildcard:
+        return None
+    tag = path.last
+    if tag.is_private or tag.group <= 0x0002 or tag.element == 0 or tag in _NOT_PLAIN:
+        return None
+    if tag.group in (0x7FE0, 0xFFFE):
+        return None
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return None
+    return int(tag) if vr in _TEXT_VRS else None
+
+
+#: VRs whose values a script sets as text, encoded the same in every file of a request.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC",
+     "UI", "UR", "UT"}
+)  # fmt: skip
 
 
 def _value_paths(value: Value) -> Iterator[TagPath]:

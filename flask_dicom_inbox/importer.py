@@ -34,6 +34,7 @@ from . import deadline
 from .dicom import (
     DicomHeader,
     NotImportable,
+    Rewrite,
     header_of,
     open_for_rewrite,
     read_header,
@@ -44,6 +45,7 @@ from .filetable import HEADER_FIELDS, FileTable
 from .naming import scan_folder_name, session_label, subject_label, template_file_name
 from .protocols import Destination, SessionStorage
 from .requests import ImportRequest, RequestStore
+from .splice_edit import SplicedEdit, SplicePlan, open_spliced_edit
 from .storage import (
     TEMP_PREFIX,
     copy_to_temp,
@@ -302,6 +304,8 @@ class FileStorer:
         self.ledger = ledger
         #: Header reads suffice unless a step reads or edits pixel data (or may: a host's).
         self.pixels_needed = any(getattr(s, "needs_pixel_data", True) for s in anonymization)
+        #: Scripts that only set top-level text elements are run by splicing, not parsing.
+        self.splice_plan = SplicePlan.of(anonymization)
 
     def __call__(
         self, payload: Sequence[Mapping[str, Any]], heartbeat: Callable[[], None]
@@ -374,13 +378,12 @@ class FileStorer:
             raise _FileProblem("changed or removed since the folder was scanned")
         folder = Path(item["dir"])
         if self.anonymization:
-            with open_for_rewrite(src, pixels_needed=self.pixels_needed) as rewrite:
-                header = self._anonymize(rewrite.dataset, item)
+            with self._anonymized(src, item) as (header, edited):
                 target = folder / (item["name"] or template_file_name(header))
                 if os.path.lexists(target):
-                    results[idx] = _existing(src, item, target, rewrite.to_bytes)
+                    results[idx] = _existing(src, item, target, edited.to_bytes)
                     return
-                tmp, size = write_temp(folder, rewrite.write)
+                tmp, size = write_temp(folder, edited.write)
             staged.append((idx, tmp, target, size, "write"))
             return
         target = folder / item["name"]
@@ -453,13 +456,27 @@ class FileStorer:
             with contextlib.suppress(OSError):  # else the cleanup pass deletes or reports it
                 os.unlink(src)
 
-    def _anonymize(self, ds: Any, item: Mapping[str, Any]) -> DicomHeader:
-        """Every script in order over ``ds``; the header of the result."""
+    @contextlib.contextmanager
+    def _anonymized(
+        self, src: Path, item: Mapping[str, Any]
+    ) -> Iterator[tuple[DicomHeader, SplicedEdit | Rewrite]]:
+        """``src`` with every script run over it, and its new header: spliced when the
+        scripts and the file allow (see :mod:`.splice_edit`), else through pydicom."""
         variables = {
             "project": self.options.project_id,
             "subject": str(item["subject"]),
             "session": str(item["label"]),
         }
+        if self.splice_plan is not None:
+            with open_spliced_edit(src, self.splice_plan, variables) as spliced:
+                if spliced is not None:
+                    yield spliced.header, spliced
+                    return
+        with open_for_rewrite(src, pixels_needed=self.pixels_needed) as rewrite:
+            yield self._anonymize(rewrite.dataset, variables), rewrite
+
+    def _anonymize(self, ds: Any, variables: Mapping[str, str]) -> DicomHeader:
+        """Every script in order over ``ds``; the header of the result."""
         with warnings.catch_warnings():  # pydicom warns as it converts invalid values
             warnings.simplefilter("ignore")
             for step in self.anonymization:

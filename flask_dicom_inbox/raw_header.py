@@ -45,11 +45,21 @@ class NeedMore(Exception):
 
 
 def walk(
-    data: bytes, start: int, size: int, *, implicit: bool, wanted: Collection[int]
+    data: bytes,
+    start: int,
+    size: int,
+    *,
+    implicit: bool,
+    wanted: Collection[int],
+    spans: list[tuple[int, int, int]] | None = None,
 ) -> dict[int, bytes] | None:
     """The raw values of the ``wanted`` top-level tags present in the data set that starts at
     ``start`` of ``data`` (the first bytes of a file of ``size`` bytes), read up to its pixel
     data or its end.
+
+    ``spans``, when given, receives ``(tag, start, end)`` of every top-level element walked,
+    in file order: where each element's bytes lie, its tag and length included. The last
+    end is where the pixel data (or the end of the file) starts.
 
     ``None`` when the walk declines; :class:`NeedMore` when ``data`` ends before the header
     does (read more of the file and call again).
@@ -58,7 +68,7 @@ def walk(
         return None  # says implicit, looks explicit: pydicom knows how to guess
     found: dict[int, bytes] = {}
     try:
-        _walk(data, start, size, implicit, 0, found, wanted)
+        _walk(data, start, size, implicit, 0, found, wanted, spans)
     except _Decline:
         return None
     return found
@@ -72,6 +82,7 @@ def _walk(
     depth: int,
     found: dict[int, bytes] | None,
     wanted: Collection[int],
+    spans: list[tuple[int, int, int]] | None = None,
 ) -> int:
     """Walk elements from ``pos``: at the top level (``found`` given) to the pixel data or the
     end of the file; inside a sequence item of undefined length, to its delimiter."""
@@ -92,6 +103,7 @@ def _walk(
                 raise _Decline  # file meta inside the data set; a DICOMDIR
         elif tag == _ITEM_END:
             return pos + 8
+        element_start = pos
         if implicit:
             (length,) = _UNPACK_U32(data, pos + 4)
             vr = b""
@@ -112,6 +124,8 @@ def _walk(
             if not implicit and vr not in (b"SQ", b"UN"):
                 raise _Decline
             pos = _skip_sequence(data, pos, size, implicit, depth + 1, wanted)
+            if spans is not None and found is not None:
+                spans.append((tag, element_start, pos))
             continue
         if pos + length > size:
             raise _Decline  # runs past the end of the file: pydicom's read says so
@@ -120,6 +134,8 @@ def _walk(
                 raise NeedMore
             found[tag] = data[pos : pos + length]
         pos += length
+        if spans is not None and found is not None:
+            spans.append((tag, element_start, pos))
 
 
 def _skip_sequence(

@@ -1,0 +1,359 @@
+"""Anonymize a file without a pydicom read of its header, when the scripts only set a few
+top-level text elements (XNAT's default site script is such a script).
+
+pydicom's read of a CT header builds an object for each of its 100-odd elements; with the
+scripts' run and the encoding it was most of the CPU an anonymizing store spends on a file,
+and as much as a whole read-modify-write of it. Here :mod:`.raw_header` walks the header's
+bytes instead, a pydicom dataset is made of only the elements the scripts read or set (and the
+ones the de-identification record sets), the scripts run over it, and the file is written as
+its own bytes with those elements replaced or inserted in tag order, then the pixel data
+copied by the kernel. :attr:`.dicomedit.Script.top_level_tags` says which scripts give the
+same result on such a dataset as on the whole file.
+
+Anything this is not sure of gets :func:`.dicom.open_for_rewrite` instead: a file without
+the 128-byte preamble or with file meta pydicom would fix up, a big-endian or deflated one,
+elements out of order or of undefined length where the scripts work, a de-identification
+sequence already present, anything after the pixel data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import struct
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO
+
+from pydicom.charset import default_encoding
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+
+from . import raw_header
+from .anon_scripts import ScriptStep
+from .dicom import (
+    _LITTLE_ENDIAN_SYNTAXES,
+    GEOMETRY_TAGS,
+    HEADER_TAGS,
+    MEDIA_STORAGE_DIRECTORY,
+    DicomHeader,
+    NotPlain,
+    _only_pixel_elements,
+    _snapshot,
+    header_from_raw,
+    native_pixel_bytes,
+    write_element,
+)
+from .raw_header import LONG_VRS
+from .storage import copy_range, open_nofollow
+
+_CHARSET = 0x00080005
+_SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
+#: What :func:`.dicomedit.record_deidentification` sets.
+_IDENTITY_REMOVED, _DEID_SEQUENCE = 0x00120062, 0x00120064
+#: The file meta elements pydicom's write would add when missing (or refuse without).
+_REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
+_MEDIA_UIDS = {0x00020002: _SOP_CLASS, 0x00020003: _SOP_INSTANCE}
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+_FIRST_READ = 16 * 1024  # a CT header is 2-10 KB
+_MAX_HEADER_READ = 8 * 2**20
+_UNPACK_TAG = struct.Struct("<HH").unpack_from
+_UNPACK_U16 = struct.Struct("<H").unpack_from
+_UNPACK_U32 = struct.Struct("<I").unpack_from
+
+
+@dataclass(frozen=True)
+class SplicePlan:
+    """The steps of a request whose every script sets only top-level text elements."""
+
+    #: Each step's script id and text: plans with the same are equal (the scripts' results
+    #: are remembered by plan, and each chunk of a request makes its own).
+    key: tuple[tuple[str, str], ...]
+    steps: tuple[ScriptStep, ...] = field(compare=False)
+    #: The elements the scripts and the de-identification record read or set, and the
+    #: character set they are decoded and encoded in.
+    tags: frozenset[int] = field(compare=False)
+    #: What the walk keeps the values of: those, the header's and the pixel geometry's.
+    wanted: frozenset[int] = field(compare=False)
+
+    @classmethod
+    def of(cls, steps: Sequence[object]) -> SplicePlan | None:
+        """The plan for ``steps``, or ``None`` when a step is not a script whose tags are
+        known (a host's own step, a script that deletes or hashes)."""
+        tags = {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}
+        for step in steps:
+            if not isinstance(step, ScriptStep) or step.needs_pixel_data:
+                return None
+            named = step.script.top_level_tags
+            if named is None:
+                return None
+            tags.update(named)
+        geometry = {int(tag) for tag in GEOMETRY_TAGS.values()}
+        wanted = tags | geometry | set(HEADER_TAGS) | {_SOP_CLASS, _SOP_INSTANCE}
+        chosen = tuple(step for step in steps if isinstance(step, ScriptStep))
+        key = tuple((step.script_id, step.script.source) for step in chosen)
+        return cls(key, chosen, frozenset(tags), frozenset(wanted))
+
+
+class SplicedEdit:
+    """A file anonymized by :func:`open_spliced_edit`: its new header bytes (preamble to the
+    pixel data), where the pixel data lies in the still-open source, and the new header's
+    grouping fields."""
+
+    spliced = True
+
+    def __init__(
+        self, head: bytes, source: BinaryIO, tail: tuple[int, int], header: DicomHeader
+    ) -> None:
+        self.head = head
+        self.header = header
+        self._source = source
+        self._tail = tail
+
+    def write(self, out: BinaryIO) -> None:
+        """Write the whole edited file to ``out``."""
+        out.write(self.head)
+        out.flush()
+        copy_range(self._source.fileno(), out.fileno(), *self._tail)
+
+    def to_bytes(self) -> bytes:
+        """The whole edited file in memory (to compare with a file stored earlier)."""
+        offset, end = self._tail
+        return self.head + os.pread(self._source.fileno(), end - offset, offset)
+
+
+@contextlib.contextmanager
+def open_spliced_edit(
+    path: Path, plan: SplicePlan, variables: Mapping[str, str]
+) -> Iterator[SplicedEdit | None]:
+    """Run ``plan``'s scripts over ``path`` by splicing; ``None`` when this file must get
+    :func:`.dicom.open_for_rewrite` (see the module's docstring). A script's error (a value
+    its element's VR refuses) is raised as the full rewrite would raise it."""
+    with open(path, "rb", opener=open_nofollow) as fp:
+        yield _edit(fp, plan, variables)
+
+
+def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> SplicedEdit | None:
+    fd = fp.fileno()
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, _FIRST_READ, 0)
+    meta = _meta(data)
+    if meta is None:
+        return None
+    meta_end, meta_values = meta
+    implicit = _LITTLE_ENDIAN_SYNTAXES.get(_text(meta_values[0x00020010]))
+    if implicit is None or _text(meta_values[0x00020002]) == MEDIA_STORAGE_DIRECTORY:
+        return None
+    walked = _walk(fd, data, meta_end, size, implicit, plan.wanted)
+    if walked is None:
+        return None
+    data, found, spans = walked
+    if not _sorted_and_plain(spans, plan.tags, found) or _DEID_SEQUENCE in found:
+        return None
+    for media, own in _MEDIA_UIDS.items():  # else pydicom's write would set the meta's UID
+        if meta_values[media].rstrip(b"\x00 ") != found.get(own, b"").rstrip(b"\x00 "):
+            return None
+    pixel_start = spans[-1][2] if spans else meta_end
+    try:
+        expected = _expected_pixel_bytes(found, spans, data, implicit, meta_values[0x00020010])
+    except NotPlain:
+        return None
+    if not _only_pixel_elements(fp, pixel_start, size, implicit, expected):
+        return None
+    worked_on = tuple(
+        (tag, None if implicit else _vr_at(data, start), found[tag])
+        for tag, start, _end in spans
+        if tag in plan.tags
+    )
+    changed = _run_scripts(plan, implicit, worked_on, tuple(sorted(variables.items())))
+    header = header_from_raw(
+        {**found, **{tag: value for tag, (_encoded, value) in changed.items()}}
+    )
+    if header is None:
+        return None
+    head = _spliced(data, meta_end, spans, changed)
+    return SplicedEdit(head, fp, (pixel_start, size), header)
+
+
+def _text(value: bytes) -> str:
+    return value.decode("ascii", "replace").rstrip("\x00 ")
+
+
+def _meta(data: bytes) -> tuple[int, dict[int, bytes]] | None:
+    """Where the file meta ends and its values, when the file has the preamble and file meta
+    that pydicom's write would keep as they are: a group length that is right, the required
+    elements present and not empty, in tag order."""
+    if data[128:132] != b"DICM":
+        return None
+    pos, values, last = 132, {}, -1
+    while pos + 8 <= len(data):
+        group, element = _UNPACK_TAG(data, pos)
+        if group != 0x0002:
+            break
+        tag = group << 16 | element
+        vr = data[pos + 4 : pos + 6]
+        if vr in LONG_VRS:
+            (length,) = _UNPACK_U32(data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = _UNPACK_U16(data, pos + 6)
+            start = pos + 8
+        if tag <= last or length == 0xFFFFFFFF or start + length > len(data):
+            return None
+        values[tag] = data[start : start + length]
+        last, pos = tag, start + length
+    group_length = values.get(0x00020000)
+    if group_length is None or len(group_length) != 4 or data[136:138] != b"UL":
+        return None
+    if _UNPACK_U32(group_length)[0] != pos - 144:
+        return None
+    if any(not values.get(tag, b"").rstrip(b"\x00 ") for tag in _REQUIRED_META):
+        return None
+    if 0x00020013 not in values:  # pydicom's write adds its own implementation version
+        return None
+    return pos, values
+
+
+def _walk(
+    fd: int, data: bytes, start: int, size: int, implicit: bool, wanted: frozenset[int]
+) -> tuple[bytes, dict[int, bytes], list[tuple[int, int, int]]] | None:
+    """The data set's top-level elements' spans and the ``wanted`` values, reading more of
+    the file once if the header is longer than the first read."""
+    for attempt in range(2):
+        spans: list[tuple[int, int, int]] = []
+        try:
+            found = raw_header.walk(
+                data, start, size, implicit=implicit, wanted=wanted, spans=spans
+            )
+        except raw_header.NeedMore:
+            if attempt or size > _MAX_HEADER_READ:
+                return None
+            data = os.pread(fd, size, 0)
+            continue
+        return None if found is None else (data, found, spans)
+    return None
+
+
+def _sorted_and_plain(
+    spans: Sequence[tuple[int, int, int]], tags: frozenset[int], found: Mapping[int, bytes]
+) -> bool:
+    """Elements in tag order, and every one the scripts work on of defined length."""
+    last = -1
+    for tag, _start, _end in spans:
+        if tag <= last or (tag in tags and tag not in found):
+            return False
+        last = tag
+    return True
+
+
+def _expected_pixel_bytes(
+    found: Mapping[int, bytes],
+    spans: Sequence[tuple[int, int, int]],
+    data: bytes,
+    implicit: bool,
+    syntax: bytes,
+) -> int | None:
+    """The length the native pixel data must have; ``None`` for compressed pixel data (its
+    fragments are walked instead); :class:`.dicom.NotPlain` when a geometry element needs
+    pydicom."""
+    if _compressed(_text(syntax)):
+        return None
+    starts = {tag: start for tag, start, _end in spans}
+
+    def raw_of(tag: BaseTag) -> tuple[str | None, bytes] | None:
+        value = found.get(int(tag))
+        if value is None:
+            if int(tag) in starts:  # of undefined length
+                raise NotPlain
+            return None
+        return None if implicit else _vr_at(data, starts[int(tag)]), value
+
+    return native_pixel_bytes(raw_of)
+
+
+@functools.lru_cache(maxsize=64)
+def _compressed(syntax: str) -> bool:
+    return UID(syntax).is_compressed
+
+
+def _vr_at(data: bytes, start: int) -> str:
+    return data[start + 4 : start + 6].decode("ascii")
+
+
+@functools.lru_cache(maxsize=256)
+def _run_scripts(
+    plan: SplicePlan,
+    implicit: bool,
+    worked_on: tuple[tuple[int, str | None, bytes], ...],
+    variables: tuple[tuple[str, str], ...],
+) -> Mapping[int, tuple[bytes, bytes]]:
+    """Run the scripts over a dataset of the elements they work on (``(tag, VR, value
+    bytes)`` each, the VR ``None`` in an implicit VR file); the encoding of each one they
+    set or added (tag: ``(element bytes, value bytes)``), in tag order.
+
+    Remembered: the result depends on nothing else, and the files of a session mostly hold
+    the same values in these elements, so one run serves the whole session.
+    """
+    ds = Dataset()
+    for tag, vr, value in worked_on:  # (where the value lies in the file is not needed)
+        ds._dict[BaseTag(tag)] = RawDataElement(
+            BaseTag(tag), vr, len(value), value, 0, implicit, True
+        )
+    with warnings.catch_warnings():  # pydicom warns as it converts invalid values
+        warnings.simplefilter("ignore")
+        ds.set_original_encoding(implicit, True, ds._character_set)  # as pydicom's read does
+        before = {tag: (elem, elem.VR, _snapshot(elem.value)) for tag, elem in ds._dict.items()}
+        for step in plan.steps:
+            step.apply(ds, dict(variables))
+        encodings = ds.get("SpecificCharacterSet", default_encoding)
+        changed: dict[int, tuple[bytes, bytes]] = {}
+        for tag in sorted(ds._dict):
+            elem = ds._dict[tag]
+            seen = before.get(tag)
+            if (
+                seen is not None
+                and seen[0] is elem
+                and seen[1] == elem.VR
+                and elem.VR != "SQ"
+                and seen[2] == _snapshot(elem.value)
+            ):
+                continue  # left as read: its bytes stay
+            buffer = DicomBytesIO()
+            buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+            write_element(buffer, ds.get_item(tag), encodings)
+            encoded = buffer.getvalue()
+            offset = 8 if implicit or encoded[4:6] not in LONG_VRS else 12
+            changed[int(tag)] = (encoded, encoded[offset:])
+    return MappingProxyType(changed)
+
+
+def _spliced(
+    data: bytes,
+    meta_end: int,
+    spans: Sequence[tuple[int, int, int]],
+    changed: Mapping[int, tuple[bytes, bytes]],
+) -> bytes:
+    """The new file up to its pixel data: a zeroed preamble, the file meta as it was, and the
+    data set's elements in tag order, each as it was unless the scripts changed or added it.
+    Retired group lengths are left out, as pydicom's write leaves them out."""
+    parts = [_PREAMBLE, data[132:meta_end]]
+    new = sorted(changed)
+    i = 0
+    for tag, start, end in spans:
+        while i < len(new) and new[i] < tag:
+            parts.append(changed[new[i]][0])
+            i += 1
+        if i < len(new) and new[i] == tag:
+            parts.append(changed[tag][0])
+            i += 1
+        elif tag & 0xFFFF or tag >> 16 <= 6:
+            parts.append(data[start:end])
+    parts.extend(changed[tag][0] for tag in new[i:])
+    return b"".join(parts)

@@ -1,0 +1,320 @@
+"""Anonymizing by splicing (no pydicom read of the header): for every file it takes, the
+result must be what the pydicom rewrite gives (the very bytes, where that rewrite would keep
+the source's bytes), with the same new header; every file it is not sure of, and every script
+that reaches beyond the elements it names, must be left to the pydicom rewrite."""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_files
+from pydicom.sequence import Sequence
+
+from flask_dicom_inbox.anon_scripts import DEFAULT_SITE_SCRIPT, ScriptStep, compile_script
+from flask_dicom_inbox.dicom import header_of, open_for_rewrite, read_header
+from flask_dicom_inbox.dicomedit import deidentification_item, parse_script
+from flask_dicom_inbox.importer import FileStorer, ImportOptions, ProgressReporter
+from flask_dicom_inbox.splice_edit import SplicePlan, open_spliced_edit
+
+from .test_rewrite import VARIABLES, _bundled, _generated
+
+#: Every kind of statement a splice may run: conditions on variables and on tags, variables
+#: assigned, functions, set-if-present, a multi-valued value, numbers and UIDs as text.
+BROAD_SCRIPT = r"""version "6.1"
+site := "SITE"
+(0008,0060) = "CT" ? (0008,103E) := concatenate[site, "-", subject] : (0008,103E) := "other"
+(0010,0030) := ""
+(0020,0011) := "77"
+(0008,0080) := uppercase[project]
+(0010,1010) := "042Y"
+(0020,0010) := session
+(0008,0050) := replace[(0008,0050), "1", "X"]
+(0018,0015) ?= lowercase[(0018,0015)]
+(0010,21B0) := "multi\value"
+(0020,0052) := "1.2.3.4.5"
+"""
+
+
+def _step(script: str, script_id: str = "site") -> ScriptStep:
+    return ScriptStep(script_id, compile_script(script))
+
+
+def _both(path: Path, steps: list[ScriptStep]) -> tuple[tuple[bytes, object] | None, tuple]:
+    """(the splice's bytes and header, or None when it declines; the pydicom rewrite's)."""
+    plan = SplicePlan.of(steps)
+    assert plan is not None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with open_for_rewrite(path, pixels_needed=False) as rewrite:
+            for step in steps:
+                step.apply(rewrite.dataset, VARIABLES)
+            full = (rewrite.to_bytes(), header_of(rewrite.dataset))
+        with open_spliced_edit(path, plan, VARIABLES) as edit:
+            spliced = None if edit is None else (edit.to_bytes(), edit.header)
+    return spliced, full
+
+
+def _elements(data: bytes) -> list[tuple[object, str, object]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(data))
+        return [(elem.tag, elem.VR, elem.value) for part in (ds.file_meta, ds) for elem in part]
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [_step(DEFAULT_SITE_SCRIPT)],
+        [_step(DEFAULT_SITE_SCRIPT), _step(BROAD_SCRIPT, "project")],
+    ],
+    ids=["default", "default+broad"],
+)
+def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
+    steps: list[ScriptStep],
+) -> None:
+    """All of pydicom's and pydicom-data's importable files: the same elements (tag, VR,
+    value) and the same header; the same bytes but where the splice kept the source's own
+    encoding of an element no script changed (a UN element pydicom writes with its VR)."""
+    spliced = same_bytes = 0
+    for found in sorted(get_testdata_files("**/*")):
+        path = Path(found)
+        try:
+            read_header(path, max_inflated_bytes=2**26)
+            result, full = _both(path, steps)
+        except Exception:  # noqa: S112 - not importable, or the pydicom rewrite fails on it
+            continue
+        if result is None:
+            continue
+        spliced += 1
+        assert result[1] == full[1], path.name
+        if result[0] == full[0]:
+            same_bytes += 1
+            continue
+        with warnings.catch_warnings():  # comparing converts the source's invalid values
+            warnings.simplefilter("ignore")
+            assert _elements(result[0]) == _elements(full[0]), path.name
+    assert spliced > 100 and same_bytes > spliced - 10, (spliced, same_bytes)
+
+
+def test_the_spliced_file_keeps_the_pixel_data_and_gets_the_new_values(tmp_path: Path) -> None:
+    path = _generated(tmp_path)
+    result, full = _both(path, [_step(DEFAULT_SITE_SCRIPT)])
+    assert result is not None and result[0] == full[0]
+    source = path.read_bytes()
+    at = source.rindex(struct.pack("<HH", 0x7FE0, 0x0010))
+    assert result[0].endswith(source[at:])
+    ds = pydicom.dcmread(io.BytesIO(result[0]))
+    assert (ds.PatientName, ds.PatientID, ds.StudyDescription) == ("S1", "E1", "P1")
+    assert ds.PatientIdentityRemoved == "YES"
+    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "site"
+    assert result[1].patient_name == "S1" and result[1].patient_id == "E1"
+
+
+@pytest.mark.parametrize(
+    ("script", "tags"),
+    [
+        (DEFAULT_SITE_SCRIPT, {0x00081030, 0x00100010, 0x00100020}),
+        ('version "6.1"\n(0008,0060) = "CT" ? (0010,0010) := "x"\n', {0x00080060, 0x00100010}),
+        ('version "6.1"\n-(0008,0050)\n', None),  # deletions reach into sequences
+        ('version "6.1"\nremoveAllPrivateTags\n', None),
+        ('version "6.1"\n(0020,000D) := hashUID[(0020,000D)]\n', None),  # replaced everywhere
+        ('version "6.1"\n(0008,1110)/(0008,1155) := "1.2"\n', None),  # inside a sequence
+        ('version "6.1"\n-(0010,XXXX)\n', None),  # a wildcard
+        ('version "6.1"\n(0010,0010) := (0019,1010)\n', None),  # private
+        ('version "6.1"\n(0008,0018) := "1.2.3"\n', None),  # the file meta follows it
+        ('version "6.1"\n(0008,0005) := "ISO_IR 192"\n', None),  # the character set
+        ('version "6.1"\n(0028,0010) := "16"\n', None),  # US: not text
+        ('version "6.1"\n(0028,0106) := "0"\n', None),  # US or SS: decided by another element
+        ('version "6.1"\n(0008,1140) := "x"\n', None),  # a sequence
+    ],
+)
+def test_scripts_say_which_top_level_elements_they_work_on(
+    script: str, tags: set[int] | None
+) -> None:
+    assert parse_script(script).top_level_tags == (None if tags is None else frozenset(tags))
+
+
+class _HostStep:
+    script_id = "host"
+    needs_pixel_data = False
+
+    def apply(self, ds: object, variables: object) -> None:
+        return None
+
+
+def test_a_plan_is_made_only_of_scripts_that_work_on_named_elements() -> None:
+    assert SplicePlan.of([_step(DEFAULT_SITE_SCRIPT), _HostStep()]) is None
+    assert (
+        SplicePlan.of([_step(DEFAULT_SITE_SCRIPT), _step('version "6.1"\n-(0008,0050)\n')]) is None
+    )
+    plan = SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])
+    assert plan is not None
+    assert {0x00120062, 0x00120064, 0x00080005} <= plan.tags  # the record, the character set
+    assert plan == SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])  # each chunk makes its own
+
+
+def _saved(tmp_path: Path, name: str, **save: object) -> Path:
+    ds = pydicom.dcmread(_generated(tmp_path))
+    edit = save.pop("edit", None)
+    if callable(edit):
+        edit(ds)
+    path = tmp_path / name
+    ds.save_as(path, **save)  # type: ignore[arg-type]
+    return path
+
+
+def _deidentified(ds: pydicom.Dataset) -> None:
+    ds.DeidentificationMethodCodeSequence = Sequence([deidentification_item("earlier")])
+
+
+def _other_media_uid(ds: pydicom.Dataset) -> None:
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+
+
+def _no_version_name(ds: pydicom.Dataset) -> None:
+    del ds.file_meta.ImplementationVersionName
+
+
+@pytest.mark.parametrize(
+    ("name", "save"),
+    [
+        ("deidentified", {"edit": _deidentified}),  # the record must be appended to
+        ("media-uid", {"edit": _other_media_uid, "enforce_file_format": False}),
+        ("no-version-name", {"edit": _no_version_name, "enforce_file_format": False}),
+    ],
+)
+def test_files_the_pydicom_rewrite_would_change_more_are_left_to_it(
+    tmp_path: Path, name: str, save: dict[str, object]
+) -> None:
+    path = _saved(tmp_path, f"{name}.dcm", **save)
+    result, _full = _both(path, [_step(DEFAULT_SITE_SCRIPT)])
+    assert result is None
+
+
+@pytest.mark.parametrize(
+    ("name", "spliced"),
+    [
+        ("emri_small.dcm", True),  # explicit VR little endian, native, multi-frame
+        ("MR_small_implicit.dcm", True),  # implicit VR little endian
+        ("JPEG2000.dcm", True),  # encapsulated: fragments walked to the delimiter
+        ("rtplan.dcm", False),  # no (0002,0013): pydicom's write adds its own
+        ("CT_small.dcm", False),  # trailing padding (FFFC,FFFC) after the pixels
+        ("MR_small_bigendian.dcm", False),  # big endian
+        ("image_dfl.dcm", False),  # deflated
+    ],
+)
+def test_real_world_files_are_spliced_where_they_can_be(name: str, spliced: bool) -> None:
+    result, full = _both(_bundled(name), [_step(DEFAULT_SITE_SCRIPT)])
+    assert (result is not None) is spliced
+    if result is not None:
+        assert result == full
+
+
+def test_files_with_bytes_the_splice_is_not_sure_of_are_declined(tmp_path: Path) -> None:
+    """Without a preamble, with a wrong group length, elements out of order, elements after
+    the pixel data, truncated pixel data: each declined."""
+    source = _generated(tmp_path).read_bytes()
+    at = source.rindex(struct.pack("<HH", 0x7FE0, 0x0010))
+    (group_length,) = struct.unpack_from("<I", source, 140)
+    padding = struct.pack("<HH2sHI", 0xFFFC, 0xFFFC, b"OB", 0, 4) + bytes(4)
+    variants = {
+        "no-preamble": source[128:],
+        "group-length": source[:140] + struct.pack("<I", group_length + 1) + source[144:],
+        "padding-after-pixels": source + padding,
+        "truncated": source[:-100],
+        "short-pixels": source[: at + 8] + struct.pack("<I", 100) + source[at + 12 : at + 112],
+    }  # fmt: skip
+    plan = SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])
+    assert plan is not None
+    for name, data in variants.items():
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(data)
+        with open_spliced_edit(path, plan, VARIABLES) as edit:
+            assert edit is None, name
+    swapped = _swap_first_two_elements(source)
+    path = tmp_path / "out-of-order.dcm"
+    path.write_bytes(swapped)
+    with open_spliced_edit(path, plan, VARIABLES) as edit:
+        assert edit is None
+
+
+def _swap_first_two_elements(data: bytes) -> bytes:
+    """The data set's first two (explicit VR, short) elements in the wrong order."""
+    (meta_length,) = struct.unpack_from("<I", data, 140)
+    start = 144 + meta_length
+    first_end = start + 8 + struct.unpack_from("<H", data, start + 6)[0]
+    second_end = first_end + 8 + struct.unpack_from("<H", data, first_end + 6)[0]
+    return data[:start] + data[first_end:second_end] + data[start:first_end] + data[second_end:]
+
+
+def test_each_file_gets_its_own_values_though_the_scripts_results_are_remembered(
+    tmp_path: Path,
+) -> None:
+    """The scripts run once per distinct set of values; a file whose values differ must not
+    get another file's result."""
+    step = _step('version "6.1"\n(0008,103E) := concatenate[(0010,0010), "/", subject]\n')
+    plan = SplicePlan.of([step])
+    assert plan is not None
+    outcomes = []
+    for name in ("ANNA", "BERT", "ANNA"):
+        path = _saved(
+            tmp_path, f"{name}.dcm", edit=lambda ds, n=name: setattr(ds, "PatientName", n)
+        )
+        with open_spliced_edit(path, plan, VARIABLES) as edit:
+            assert edit is not None
+            outcomes.append(pydicom.dcmread(io.BytesIO(edit.to_bytes())).SeriesDescription)
+    assert outcomes == ["ANNA/S1", "BERT/S1", "ANNA/S1"]
+
+
+def test_a_value_the_element_refuses_fails_as_in_the_pydicom_rewrite(tmp_path: Path) -> None:
+    step = _step('version "6.1"\n(0020,0011) := "not a number"\n')
+    path = _generated(tmp_path)
+    plan = SplicePlan.of([step])
+    assert plan is not None
+    with warnings.catch_warnings():  # as the importer runs scripts: pydicom's warnings off
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="not a number"):
+            with open_for_rewrite(path, pixels_needed=False) as rewrite:
+                step.apply(rewrite.dataset, VARIABLES)
+        with pytest.raises(ValueError, match="not a number"):
+            with open_spliced_edit(path, plan, VARIABLES):
+                pass
+
+
+def test_the_store_phase_writes_spliced_files_as_the_pydicom_rewrite_would(
+    tmp_path: Path,
+) -> None:
+    """The importer's own path: a chunk stored with the default script equals the same
+    chunk stored through the pydicom rewrite (a host step in the plan forces it)."""
+    options = ImportOptions(
+        project_id="P1", subject_id=None, expt_label="E1", destination="prearchive",
+        overwrite="none", rename=False, cleanup=False, keep_root=False,
+        max_inflated_bytes=2**20, progress_every=10,
+    )  # fmt: skip
+    report = ProgressReporter.__new__(ProgressReporter)
+    report.add = lambda **_: None  # type: ignore[method-assign]
+    report.flush = lambda: None  # type: ignore[method-assign]
+    source = _generated(tmp_path)
+    stored = {}
+    for how, steps in (
+        ("spliced", [_step(DEFAULT_SITE_SCRIPT)]),
+        ("full", [_step(DEFAULT_SITE_SCRIPT), _HostStep()]),
+    ):
+        storer = FileStorer(options=options, anonymization=steps, report=report)
+        assert (storer.splice_plan is not None) is (how == "spliced")
+        folder = tmp_path / how
+        folder.mkdir()
+        stat = source.stat()
+        item = {
+            "src": str(source), "size": stat.st_size, "mtime": stat.st_mtime_ns, "ino": stat.st_ino,
+            "dir": str(folder), "name": None, "label": "E1", "subject": "S1", "study": "1.2.3.1",
+        }  # fmt: skip
+        [result] = storer([item], heartbeat=lambda: None)
+        assert result["how"] == "write", result
+        stored[how] = (folder / result["name"]).read_bytes()
+    assert stored["spliced"] == stored["full"]
