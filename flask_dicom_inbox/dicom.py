@@ -1,4 +1,6 @@
-"""The only module that imports pydicom: header reads, full reads and writes.
+"""Reading and writing DICOM files with pydicom: header reads, full reads and rewrites (the
+scripts' own work on a dataset is in :mod:`.dicomedit`; the rewrite without a pydicom read of
+the header in :mod:`.splice_edit`).
 
 Header reads use ``stop_before_pixels=True`` and are never written back (pydicom would write a
 file without pixel data). Deflated files are measured by streaming inflation before pydicom

@@ -331,16 +331,18 @@ class Script:
 
     @functools.cached_property
     def top_level_tags(self) -> frozenset[int] | None:
-        """The tags the script reads or sets, when it only sets and reads top-level text
-        elements named exactly; ``None`` when it does anything else.
+        """The tags the script sets, when it only sets top-level text elements named exactly,
+        from text, variables and the string functions; ``None`` when it does anything else.
 
         Such a script run over a dataset holding only those elements (those of them the file
         has) changes them exactly as it would in the whole file: nothing it does reaches other
         elements. Not so for deletions and ``removeAllPrivateTags`` (they reach into
-        sequences), ``hashUID`` (the UID is replaced wherever it occurs), wildcards, paths
-        into sequences, private tags, the file meta, the SOP instance UID (the file meta
-        follows it), the character set (it decides how other elements are encoded), and
-        elements whose VR pydicom decides from other elements.
+        sequences), ``hashUID`` (the UID is replaced wherever it occurs, even one hashed from
+        text), reading a tag's
+        value (the search converts every element, and a malformed one fails the file),
+        wildcards, paths into sequences, private tags, the file meta, the SOP instance UID
+        (the file meta follows it), the character set (it decides how other elements are
+        encoded), and elements whose VR pydicom decides from other elements.
         """
         tags: set[int] = set()
         for statement in self.statements:
@@ -412,8 +414,8 @@ _NOT_PLAIN = frozenset({0x00080005, 0x00080016, 0x00080018})
 def _top_level_only(statement: Statement) -> bool:
     if statement.kind not in _TOP_LEVEL_KINDS:
         return False
-    values = (statement.value, statement.left, statement.right)
-    if any(_calls_hash(v) for v in values if v is not None):
+    values = [v for v in (statement.value, statement.left, statement.right) if v is not None]
+    if any(_calls_hash(v) or next(_value_paths(v), None) for v in values):
         return False
     return all(_top_level_only(b) for b in (statement.then, statement.otherwise) if b)
 

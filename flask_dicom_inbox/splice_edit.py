@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import BinaryIO
 
 from pydicom.charset import default_encoding
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
@@ -62,6 +63,7 @@ _IDENTITY_REMOVED, _DEID_SEQUENCE = 0x00120062, 0x00120064
 _REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
 _MEDIA_UIDS = {0x00020002: _SOP_CLASS, 0x00020003: _SOP_INSTANCE}
 _PREAMBLE = b"\x00" * 128 + b"DICM"
+_BLANK = b"\x00 \t\n\r\x0b\x0c"
 _FIRST_READ = 16 * 1024  # a CT header is 2-10 KB
 _MAX_HEADER_READ = 8 * 2**20
 _UNPACK_TAG = struct.Struct("<HH").unpack_from
@@ -89,7 +91,7 @@ class SplicePlan:
         known (a host's own step, a script that deletes or hashes)."""
         tags = {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}
         for step in steps:
-            if not isinstance(step, ScriptStep) or step.needs_pixel_data:
+            if type(step) is not ScriptStep or step.needs_pixel_data:  # not a subclass's apply
                 return None
             named = step.script.top_level_tags
             if named is None:
@@ -97,7 +99,7 @@ class SplicePlan:
             tags.update(named)
         geometry = {int(tag) for tag in GEOMETRY_TAGS.values()}
         wanted = tags | geometry | set(HEADER_TAGS) | {_SOP_CLASS, _SOP_INSTANCE}
-        chosen = tuple(step for step in steps if isinstance(step, ScriptStep))
+        chosen = tuple(step for step in steps if type(step) is ScriptStep)
         key = tuple((step.script_id, step.script.source) for step in chosen)
         return cls(key, chosen, frozenset(tags), frozenset(wanted))
 
@@ -157,6 +159,8 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
     data, found, spans = walked
     if not _sorted_and_plain(spans, plan.tags, found) or _DEID_SEQUENCE in found:
         return None
+    if _holds_what_a_run_converts(data, spans, implicit):
+        return None
     for media, own in _MEDIA_UIDS.items():  # else pydicom's write would set the meta's UID
         if meta_values[media].rstrip(b"\x00 ") != found.get(own, b"").rstrip(b"\x00 "):
             return None
@@ -172,7 +176,10 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
         for tag, start, _end in spans
         if tag in plan.tags
     )
-    changed = _run_scripts(plan, implicit, worked_on, tuple(sorted(variables.items())))
+    run = _run_scripts if sum(len(v) for _t, _vr, v in worked_on) <= _MEMO_MAX_BYTES else _run
+    changed = run(plan, implicit, worked_on, tuple(sorted(variables.items())))
+    if changed is None:
+        return None
     header = header_from_raw(
         {**found, **{tag: value for tag, (_encoded, value) in changed.items()}}
     )
@@ -200,6 +207,8 @@ def _meta(data: bytes) -> tuple[int, dict[int, bytes]] | None:
         tag = group << 16 | element
         vr = data[pos + 4 : pos + 6]
         if vr in LONG_VRS:
+            if pos + 12 > len(data):
+                return None
             (length,) = _UNPACK_U32(data, pos + 8)
             start = pos + 12
         else:
@@ -214,8 +223,8 @@ def _meta(data: bytes) -> tuple[int, dict[int, bytes]] | None:
         return None
     if _UNPACK_U32(group_length)[0] != pos - 144:
         return None
-    if any(not values.get(tag, b"").rstrip(b"\x00 ") for tag in _REQUIRED_META):
-        return None
+    if any(not values.get(tag, b"").strip(_BLANK) for tag in _REQUIRED_META):
+        return None  # (pydicom's conversion strips whitespace and NULs, then sees it empty)
     if 0x00020013 not in values:  # pydicom's write adds its own implementation version
         return None
     return pos, values
@@ -253,6 +262,49 @@ def _sorted_and_plain(
     return True
 
 
+_ITEM_LE = struct.pack("<HH", 0xFFFE, 0xE000)
+_UN_HEADER = b"UN\x00\x00"
+
+
+def _holds_what_a_run_converts(
+    data: bytes, spans: Sequence[tuple[int, int, int]], implicit: bool
+) -> bool:
+    """Whether a script's run over the whole file would convert an element the splice would
+    copy as it is: before it runs, :func:`.dicomedit._expand_un_sequences` converts every
+    top-level element whose bytes start with an item, and parses private UN elements that
+    hold items as sequences, nested ones too (a conversion that can also fail).
+
+    So: a top-level element that starts with an item but is not a sequence, and in an
+    explicit VR file any UN element inside a top-level sequence (looked for as bytes: a
+    text value that happens to hold them only sends the file to the pydicom path).
+    """
+    for tag, start, end in spans:
+        if implicit:
+            value_start = start + 8
+            if data[value_start : value_start + 4] == _ITEM_LE and not _known_sequence(tag):
+                return True
+            continue
+        vr = data[start + 4 : start + 6]
+        value_start = start + (12 if vr in LONG_VRS else 8)
+        sequence = vr == b"SQ" or _UNPACK_U32(data, start + 8)[0] == 0xFFFFFFFF
+        if sequence:
+            if vr == b"SQ" and _UN_HEADER in data[value_start:end]:
+                return True
+            if vr != b"SQ":  # UN of undefined length: pydicom reads it as a sequence
+                return True
+        elif data[value_start : value_start + 4] == _ITEM_LE:
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _known_sequence(tag: int) -> bool:
+    try:
+        return not BaseTag(tag).is_private and dictionary_VR(tag) == "SQ"
+    except KeyError:
+        return False
+
+
 def _expected_pixel_bytes(
     found: Mapping[int, bytes],
     spans: Sequence[tuple[int, int, int]],
@@ -287,13 +339,17 @@ def _vr_at(data: bytes, start: int) -> str:
     return data[start + 4 : start + 6].decode("ascii")
 
 
-@functools.lru_cache(maxsize=256)
-def _run_scripts(
+#: The scripts' results are remembered only for elements this small in all (a script may
+#: name a long text element).
+_MEMO_MAX_BYTES = 16 * 1024
+
+
+def _run(
     plan: SplicePlan,
     implicit: bool,
     worked_on: tuple[tuple[int, str | None, bytes], ...],
     variables: tuple[tuple[str, str], ...],
-) -> Mapping[int, tuple[bytes, bytes]]:
+) -> Mapping[int, tuple[bytes, bytes]] | None:
     """Run the scripts over a dataset of the elements they work on (``(tag, VR, value
     bytes)`` each, the VR ``None`` in an implicit VR file); the encoding of each one they
     set or added (tag: ``(element bytes, value bytes)``), in tag order.
@@ -330,8 +386,28 @@ def _run_scripts(
             write_element(buffer, ds.get_item(tag), encodings)
             encoded = buffer.getvalue()
             offset = 8 if implicit or encoded[4:6] not in LONG_VRS else 12
+            if int(tag) in HEADER_TAGS and not _written_as_text(encoded[offset:], elem.value):
+                return None  # the header would be read from what pydicom wrote, not the value
             changed[int(tag)] = (encoded, encoded[offset:])
     return MappingProxyType(changed)
+
+
+_run_scripts = functools.lru_cache(maxsize=256)(_run)
+
+
+def _written_as_text(value: bytes, text: object) -> bool:
+    """Whether ``value`` (an element's encoding) reads as the header's text of the element's
+    value (as :func:`.dicom.header_of` takes it): not so for a character pydicom could only
+    replace as it encoded it."""
+    if not value.isascii():
+        return False
+    if text is None:
+        expected = ""
+    elif isinstance(text, bytes):
+        expected = text.decode("ascii", "replace")
+    else:
+        expected = str(text)
+    return value.decode("ascii").strip("\x00 ") == expected.strip("\x00 ")
 
 
 def _spliced(

@@ -8,12 +8,18 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.data import get_testdata_files
+from pydicom.dataelem import RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import ImplicitVRLittleEndian
 
 from flask_dicom_inbox.anon_scripts import DEFAULT_SITE_SCRIPT, ScriptStep, compile_script
 from flask_dicom_inbox.dicom import header_of, open_for_rewrite, read_header
@@ -23,18 +29,18 @@ from flask_dicom_inbox.splice_edit import SplicePlan, open_spliced_edit
 
 from .test_rewrite import VARIABLES, _bundled, _generated
 
-#: Every kind of statement a splice may run: conditions on variables and on tags, variables
-#: assigned, functions, set-if-present, a multi-valued value, numbers and UIDs as text.
+#: Every kind of statement a splice may run: conditions on variables, variables assigned,
+#: functions, set-if-present, a multi-valued value, numbers and UIDs as text.
 BROAD_SCRIPT = r"""version "6.1"
 site := "SITE"
-(0008,0060) = "CT" ? (0008,103E) := concatenate[site, "-", subject] : (0008,103E) := "other"
+project ~ "P.*" ? (0008,103E) := concatenate[site, "-", subject] : (0008,103E) := "other"
 (0010,0030) := ""
 (0020,0011) := "77"
 (0008,0080) := uppercase[project]
 (0010,1010) := "042Y"
 (0020,0010) := session
-(0008,0050) := replace[(0008,0050), "1", "X"]
-(0018,0015) ?= lowercase[(0018,0015)]
+(0008,0050) := replace[session, "1", "X"]
+(0018,0015) ?= lowercase[site]
 (0010,21B0) := "multi\value"
 (0020,0052) := "1.2.3.4.5"
 """
@@ -119,7 +125,10 @@ def test_the_spliced_file_keeps_the_pixel_data_and_gets_the_new_values(tmp_path:
     ("script", "tags"),
     [
         (DEFAULT_SITE_SCRIPT, {0x00081030, 0x00100010, 0x00100020}),
-        ('version "6.1"\n(0008,0060) = "CT" ? (0010,0010) := "x"\n', {0x00080060, 0x00100010}),
+        ('version "6.1"\nsubject = "S" ? (0010,0010) := "x"\n', {0x00100010}),
+        ('version "6.1"\n(0008,0060) = "CT" ? (0010,0010) := "x"\n', None),  # reads a tag
+        ('version "6.1"\n(0008,103E) := (0008,0060)\n', None),  # (its search converts all)
+        ('version "6.1"\n(0020,000D) := hashUID["1.2.3"]\n', None),  # even from text
         ('version "6.1"\n-(0008,0050)\n', None),  # deletions reach into sequences
         ('version "6.1"\nremoveAllPrivateTags\n', None),
         ('version "6.1"\n(0020,000D) := hashUID[(0020,000D)]\n', None),  # replaced everywhere
@@ -257,18 +266,28 @@ def test_each_file_gets_its_own_values_though_the_scripts_results_are_remembered
 ) -> None:
     """The scripts run once per distinct set of values; a file whose values differ must not
     get another file's result."""
-    step = _step('version "6.1"\n(0008,103E) := concatenate[(0010,0010), "/", subject]\n')
+    step = _step('version "6.1"\n(0010,0010) ?= concatenate[subject, "/", session]\n')
     plan = SplicePlan.of([step])
     assert plan is not None
     outcomes = []
-    for name in ("ANNA", "BERT", "ANNA"):
-        path = _saved(
-            tmp_path, f"{name}.dcm", edit=lambda ds, n=name: setattr(ds, "PatientName", n)
-        )
-        with open_spliced_edit(path, plan, VARIABLES) as edit:
-            assert edit is not None
-            outcomes.append(pydicom.dcmread(io.BytesIO(edit.to_bytes())).SeriesDescription)
-    assert outcomes == ["ANNA/S1", "BERT/S1", "ANNA/S1"]
+    for name, variables in (("ANNA", VARIABLES), ("BERT", {**VARIABLES, "subject": "S2"})):
+        for present in (True, False):
+            path = _saved(tmp_path, f"{name}.dcm", edit=_patient_name(name if present else None))
+            with open_spliced_edit(path, plan, variables) as edit:
+                assert edit is not None
+                written = pydicom.dcmread(io.BytesIO(edit.to_bytes()))
+                outcomes.append(str(written.get("PatientName", "-")))
+    assert outcomes == ["S1/E1", "-", "S2/E1", "-"]
+
+
+def _patient_name(name: str | None) -> Callable[[pydicom.Dataset], None]:
+    def edit(ds: pydicom.Dataset) -> None:
+        if name is None:
+            del ds.PatientName
+        else:
+            ds.PatientName = name
+
+    return edit
 
 
 def test_a_value_the_element_refuses_fails_as_in_the_pydicom_rewrite(tmp_path: Path) -> None:
@@ -318,3 +337,96 @@ def test_the_store_phase_writes_spliced_files_as_the_pydicom_rewrite_would(
         assert result["how"] == "write", result
         stored[how] = (folder / result["name"]).read_bytes()
     assert stored["spliced"] == stored["full"]
+
+
+def _item_bytes() -> bytes:
+    """One sequence item (implicit VR, as a UN element holds it) with a CodeValue."""
+    item = pydicom.Dataset()
+    item.CodeValue = "X"
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True
+    write_dataset(buffer, item)
+    return struct.pack("<HHI", 0xFFFE, 0xE000, len(buffer.getvalue())) + buffer.getvalue()
+
+
+def _raw(tag: int, vr: str | None, value: bytes) -> Callable[[pydicom.Dataset], None]:
+    def edit(ds: pydicom.Dataset) -> None:
+        ds.add_new(0x00190010, "LO", "ACME")
+        ds._dict[BaseTag(tag)] = RawDataElement(BaseTag(tag), vr, len(value), value, 0, False, True)
+
+    return edit
+
+
+def test_files_a_scripts_run_would_convert_beyond_its_elements_are_left_to_pydicom(
+    tmp_path: Path,
+) -> None:
+    """Before a script runs, the pydicom path parses private UN elements that hold items as
+    sequences and converts every element that starts with an item (which can fail): the
+    splice, which copies such elements as they are, must leave those files to it."""
+    un_sequence = _saved(tmp_path, "un.dcm", edit=_raw(0x00191010, "UN", _item_bytes()))
+    result, full = _both(un_sequence, [_step(DEFAULT_SITE_SCRIPT)])
+    assert result is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pydicom.dcmread(io.BytesIO(full[0]))[0x00191010].VR == "SQ"
+    implicit = tmp_path / "implicit-un.dcm"
+    ds = pydicom.dcmread(un_sequence)
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(implicit, enforce_file_format=True)
+    assert _both(implicit, [_step(DEFAULT_SITE_SCRIPT)])[0] is None
+    item_start = _saved(tmp_path, "item.dcm", edit=_raw(0x00209228, "UL", _item_bytes()[:8]))
+    plan = SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])
+    assert plan is not None
+    with open_spliced_edit(item_start, plan, VARIABLES) as edit:
+        assert edit is None
+
+
+def test_sequences_of_a_known_sequence_element_are_spliced_in_an_implicit_vr_file(
+    tmp_path: Path,
+) -> None:
+    reference = pydicom.Dataset()
+    reference.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    reference.ReferencedSOPInstanceUID = "1.2.3.9"
+
+    def referencing(ds: pydicom.Dataset) -> None:
+        ds.ReferencedImageSequence = Sequence([reference])
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+
+    path = _saved(tmp_path, "referencing.dcm", edit=referencing)
+    result, full = _both(path, [_step(DEFAULT_SITE_SCRIPT)])
+    assert result is not None and result == full
+
+
+def test_a_value_pydicom_cannot_encode_in_the_files_character_set_is_left_to_it(
+    tmp_path: Path,
+) -> None:
+    """pydicom writes '?' for a character the file's character set lacks; the header must
+    then be the value's, as the pydicom path reads it, not the written bytes'."""
+    result, full = _both(_generated(tmp_path), [_step('version "6.1"\n(0010,0010) := "Łukasz"\n')])
+    assert result is None
+    assert full[1].patient_name == "Łukasz"
+
+
+def test_file_meta_pydicom_would_fill_in_or_that_outruns_the_first_read_is_declined(
+    tmp_path: Path,
+) -> None:
+    plan = SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])
+    assert plan is not None
+    data = bytearray(_generated(tmp_path).read_bytes())
+    at = data.index(b"\x02\x00\x12\x00UI")  # ImplementationClassUID: whitespace is empty
+    (length,) = struct.unpack_from("<H", data, at + 6)
+    data[at + 8 : at + 8 + length] = b"\t" * (length - 1) + b"\x00"
+    blank = tmp_path / "blank-implementation.dcm"
+    blank.write_bytes(bytes(data))
+    ds = pydicom.dcmread(_generated(tmp_path))
+    ds.file_meta.SourcePresentationAddress = "x"  # a long VR (UR): a 12-byte element header
+    ds.file_meta.SendingPresentationAddress = "y"
+    long_meta = tmp_path / "long-meta.dcm"
+    ds.save_as(long_meta, enforce_file_format=True)
+    at = long_meta.read_bytes().index(b"\x02\x00\x27\x00UR")  # moved to straddle 16 KiB
+    ds.file_meta.SourcePresentationAddress = "x" * (16376 - at + 1)
+    ds.save_as(long_meta, enforce_file_format=True)
+    assert long_meta.read_bytes().index(b"\x02\x00\x27\x00UR") == 16376
+    for path in (blank, long_meta):
+        with open_spliced_edit(path, plan, VARIABLES) as edit:
+            assert edit is None, path.name
