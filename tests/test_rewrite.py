@@ -35,6 +35,12 @@ from flask_dicom_inbox.importer import FileStorer, ImportOptions, ProgressReport
 
 VARIABLES = {"project": "P1", "subject": "S1", "session": "E1"}
 SITE = ScriptStep("site", compile_script(DEFAULT_SITE_SCRIPT))
+#: A store phase's options for a request of project P1, session E1, into the prearchive.
+STORE_OPTIONS = ImportOptions(
+    project_id="P1", subject_id=None, expt_label="E1", destination="prearchive",
+    overwrite="none", rename=False, cleanup=False, keep_root=False,
+    max_inflated_bytes=2**20, progress_every=10,
+)  # fmt: skip
 
 
 def _bundled(name: str) -> Path:
@@ -332,11 +338,7 @@ class _HostStep:
 
 
 def test_a_step_without_needs_pixel_data_gets_full_reads(tmp_path: Path) -> None:
-    options = ImportOptions(
-        project_id="P1", subject_id=None, expt_label="E1", destination="prearchive",
-        overwrite="none", rename=False, cleanup=False, keep_root=False,
-        max_inflated_bytes=2**20, progress_every=10,
-    )  # fmt: skip
+    options = STORE_OPTIONS
     report = ProgressReporter.__new__(ProgressReporter)
     assert FileStorer(options=options, anonymization=[SITE], report=report).pixels_needed is False
     mixed = FileStorer(options=options, anonymization=[SITE, _HostStep()], report=report)

@@ -24,10 +24,10 @@ from pydicom.uid import ImplicitVRLittleEndian
 from flask_dicom_inbox.anon_scripts import DEFAULT_SITE_SCRIPT, ScriptStep, compile_script
 from flask_dicom_inbox.dicom import header_of, open_for_rewrite, read_header
 from flask_dicom_inbox.dicomedit import deidentification_item, parse_script
-from flask_dicom_inbox.importer import FileStorer, ImportOptions, ProgressReporter
+from flask_dicom_inbox.importer import FileStorer, ProgressReporter
 from flask_dicom_inbox.splice_edit import SplicePlan, open_spliced_edit
 
-from .test_rewrite import VARIABLES, _bundled, _generated
+from .test_rewrite import STORE_OPTIONS, VARIABLES, _bundled, _generated
 
 #: Every kind of statement a splice may run: conditions on variables, variables assigned,
 #: functions, set-if-present, a multi-valued value, numbers and UIDs as text.
@@ -310,11 +310,7 @@ def test_the_store_phase_writes_spliced_files_as_the_pydicom_rewrite_would(
 ) -> None:
     """The importer's own path: a chunk stored with the default script equals the same
     chunk stored through the pydicom rewrite (a host step in the plan forces it)."""
-    options = ImportOptions(
-        project_id="P1", subject_id=None, expt_label="E1", destination="prearchive",
-        overwrite="none", rename=False, cleanup=False, keep_root=False,
-        max_inflated_bytes=2**20, progress_every=10,
-    )  # fmt: skip
+    options = STORE_OPTIONS
     report = ProgressReporter.__new__(ProgressReporter)
     report.add = lambda **_: None  # type: ignore[method-assign]
     report.flush = lambda: None  # type: ignore[method-assign]
