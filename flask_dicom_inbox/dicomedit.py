@@ -338,11 +338,10 @@ class Script:
         has) changes them exactly as it would in the whole file: nothing it does reaches other
         elements. Not so for deletions and ``removeAllPrivateTags`` (they reach into
         sequences), ``hashUID`` (the UID is replaced wherever it occurs, even one hashed from
-        text), reading a tag's
-        value (the search converts every element, and a malformed one fails the file),
-        wildcards, paths into sequences, private tags, the file meta, the SOP instance UID
-        (the file meta follows it), the character set (it decides how other elements are
-        encoded), and elements whose VR pydicom decides from other elements.
+        text), reading a tag's value (the search converts every element, and a malformed
+        one fails the file), wildcards, paths into sequences, private tags, the file meta,
+        the SOP instance UID (the file meta follows it), the character set (it decides how
+        other elements are encoded), and elements whose VR pydicom decides from others.
         """
         tags: set[int] = set()
         for statement in self.statements:

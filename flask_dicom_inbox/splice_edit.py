@@ -285,8 +285,9 @@ def _holds_what_a_run_converts(
                 return True
             continue
         vr = data[start + 4 : start + 6]
-        value_start = start + (12 if vr in LONG_VRS else 8)
-        sequence = vr == b"SQ" or _UNPACK_U32(data, start + 8)[0] == 0xFFFFFFFF
+        long_vr = vr in LONG_VRS  # (only these have a 4-byte length, or room to read one)
+        value_start = start + (12 if long_vr else 8)
+        sequence = vr == b"SQ" or (long_vr and _UNPACK_U32(data, start + 8)[0] == 0xFFFFFFFF)
         if sequence:
             if vr == b"SQ" and _UN_HEADER in data[value_start:end]:
                 return True

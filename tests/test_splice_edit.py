@@ -393,6 +393,19 @@ def test_sequences_of_a_known_sequence_element_are_spliced_in_an_implicit_vr_fil
     assert result is not None and result == full
 
 
+def test_a_file_without_pixel_data_ending_in_a_short_element_is_spliced(tmp_path: Path) -> None:
+    """The last element (US, 2 bytes) ends the file: no 4-byte length may be read past it."""
+
+    def up_to_pixel_representation(ds: pydicom.Dataset) -> None:
+        for tag in [tag for tag in ds.keys() if tag > 0x00280103]:
+            del ds[tag]
+
+    path = _saved(tmp_path, "no-pixels.dcm", edit=up_to_pixel_representation)
+    assert path.read_bytes()[-10:-6] == b"\x28\x00\x03\x01"  # (0028,0103) US, last
+    result, full = _both(path, [_step(DEFAULT_SITE_SCRIPT)])
+    assert result is not None and result == full
+
+
 def test_a_value_pydicom_cannot_encode_in_the_files_character_set_is_left_to_it(
     tmp_path: Path,
 ) -> None:
