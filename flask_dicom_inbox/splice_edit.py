@@ -79,8 +79,8 @@ class SplicePlan:
     #: are remembered by plan, and each chunk of a request makes its own).
     key: tuple[tuple[str, str], ...]
     steps: tuple[ScriptStep, ...] = field(compare=False)
-    #: The elements the scripts and the de-identification record read or set, and the
-    #: character set they are decoded and encoded in.
+    #: The elements the scripts and the de-identification record set, and the character
+    #: set they are decoded and encoded in.
     tags: frozenset[int] = field(compare=False)
     #: What the walk keeps the values of: those, the header's and the pixel geometry's.
     wanted: frozenset[int] = field(compare=False)
@@ -90,6 +90,7 @@ class SplicePlan:
         """The plan for ``steps``, or ``None`` when a step is not a script whose tags are
         known (a host's own step, a script that deletes or hashes)."""
         tags = {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}
+        chosen: list[ScriptStep] = []
         for step in steps:
             if type(step) is not ScriptStep or step.needs_pixel_data:  # not a subclass's apply
                 return None
@@ -97,19 +98,17 @@ class SplicePlan:
             if named is None:
                 return None
             tags.update(named)
+            chosen.append(step)
         geometry = {int(tag) for tag in GEOMETRY_TAGS.values()}
         wanted = tags | geometry | set(HEADER_TAGS) | {_SOP_CLASS, _SOP_INSTANCE}
-        chosen = tuple(step for step in steps if type(step) is ScriptStep)
         key = tuple((step.script_id, step.script.source) for step in chosen)
-        return cls(key, chosen, frozenset(tags), frozenset(wanted))
+        return cls(key, tuple(chosen), frozenset(tags), frozenset(wanted))
 
 
 class SplicedEdit:
     """A file anonymized by :func:`open_spliced_edit`: its new header bytes (preamble to the
     pixel data), where the pixel data lies in the still-open source, and the new header's
     grouping fields."""
-
-    spliced = True
 
     def __init__(
         self, head: bytes, source: BinaryIO, tail: tuple[int, int], header: DicomHeader
