@@ -462,11 +462,7 @@ class FileStorer:
     ) -> Iterator[tuple[DicomHeader, SplicedEdit | Rewrite]]:
         """``src`` with every script run over it, and its new header: spliced when the
         scripts and the file allow (see :mod:`.splice_edit`), else through pydicom."""
-        variables = {
-            "project": self.options.project_id,
-            "subject": str(item["subject"]),
-            "session": str(item["label"]),
-        }
+        variables = self.variables(item)
         if self.splice_plan is not None:
             with open_spliced_edit(src, self.splice_plan, variables) as spliced:
                 if spliced is not None:
@@ -474,6 +470,14 @@ class FileStorer:
                     return
         with open_for_rewrite(src, pixels_needed=self.pixels_needed) as rewrite:
             yield self._anonymize(rewrite.dataset, variables), rewrite
+
+    def variables(self, item: Mapping[str, Any]) -> dict[str, str]:
+        """The scripts' variables for one payload item (its session's label and subject)."""
+        return {
+            "project": self.options.project_id,
+            "subject": str(item["subject"]),
+            "session": str(item["label"]),
+        }
 
     def _anonymize(self, ds: Any, variables: Mapping[str, str]) -> DicomHeader:
         """Every script in order over ``ds``; the header of the result."""

@@ -59,7 +59,7 @@ def _expected_anonymized(state: InboxState, rid: int, originals: Path) -> list[b
     expected = []
     for path in sorted(originals.iterdir()):  # a full pydicom read and write, never spliced
         ds = read_full(path)
-        storer._anonymize(ds, item)
+        storer._anonymize(ds, storer.variables(item))
         expected.append(encode_dataset(ds))
     return sorted(expected)
 
