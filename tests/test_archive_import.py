@@ -314,6 +314,19 @@ def test_dicom_zip_accepts_tar_gz_and_the_xnat_parameter_names(
     assert done.sessions[0]["label"] == "e2" and done.sessions[0]["subject"] == "s2"
 
 
+def _assert_refused_at_the_limit(
+    response: Any, stream: _TrickleStream, limit: int, message: str, *, chunked: bool
+) -> None:
+    """A 413 naming the limit, sent before the body was read (``Content-Length`` known) or
+    once the chunks read reached the limit (within one read of the stream's chunks)."""
+    assert response.status_code == 413, response.get_data(as_text=True)
+    assert message in response.get_json()["message"]
+    if chunked:
+        assert sum(stream.reads) <= limit + 2 * 256 * 1024, "stopped at the limit"
+    else:
+        assert stream.reads == [], "refused from Content-Length before reading"
+
+
 @pytest.mark.parametrize("chunked", [False, True])
 def test_dicom_zip_over_the_size_limit_is_413_while_streaming(
     app_config: dict[str, Any], tmp_path: Path, chunked: bool
@@ -328,12 +341,7 @@ def test_dicom_zip_over_the_size_limit_is_413_while_streaming(
         assert len(body) > 100_000
         stream = _TrickleStream(body)
         response = _upload(app.test_client(), stream, PROJECT_ID="test_proj", chunked=chunked)
-        assert response.status_code == 413, response.get_data(as_text=True)
-        assert "100000" in response.get_json()["message"]
-        if chunked:
-            assert sum(stream.reads) <= 100_000 + 2 * 256 * 1024, "stopped at the limit"
-        else:
-            assert stream.reads == [], "refused from Content-Length before reading"
+        _assert_refused_at_the_limit(response, stream, 100_000, "100000", chunked=chunked)
         assert state.store.ids() == []
         assert _work_files(state) == {}
     finally:
@@ -414,12 +422,8 @@ def test_a_multipart_form_over_its_limit_is_413_before_werkzeug_spools_it(
             response, stream = _multipart(
                 client, data, handler, chunked=chunked, PROJECT_ID="test_proj"
             )
-            assert response.status_code == 413, response.get_data(as_text=True)
-            assert f"over the limit of {limit} bytes" in response.get_json()["message"]
-            if chunked:
-                assert sum(stream.reads) <= limit + 2 * 256 * 1024, "stopped at the limit"
-            else:
-                assert stream.reads == [], "refused from Content-Length before reading"
+            message = f"over the limit of {limit} bytes"
+            _assert_refused_at_the_limit(response, stream, limit, message, chunked=chunked)
         assert state.store.ids() == []
         assert _work_files(state) == {}
     finally:
