@@ -633,14 +633,7 @@ class _Originals:
                 current = reference._dict[tag]
             seen = before.get(tag)
             span = spans.get(tag)
-            if (
-                span is not None
-                and seen is not None
-                and seen[0] is current
-                and seen[1] == current.VR
-                and current.VR != "SQ"
-                and seen[2] == _snapshot(current.value)
-            ):
+            if span is not None and left_as_read(seen, current):
                 buffer.write(head[span[0] : span[1]])
             else:
                 write_element(buffer, ds.get_item(tag), encodings)
@@ -753,6 +746,21 @@ def _spans(ds: Dataset, implicit: bool) -> dict[BaseTag, tuple[int, int]]:
         header = 8 if implicit or vr not in LONG_VRS else 12
         spans[tag] = (raw.value_tell - header, raw.value_tell + raw.length)
     return spans
+
+
+def left_as_read(
+    seen: tuple[object, str | None, object] | None, elem: DataElement | RawDataElement
+) -> bool:
+    """Whether ``elem`` is still the element read as ``seen`` (the element, its VR and a
+    snapshot of its value), so its original bytes may be written: never for a sequence,
+    which changes in place."""
+    return (
+        seen is not None
+        and seen[0] is elem
+        and seen[1] == elem.VR
+        and elem.VR != "SQ"
+        and seen[2] == _snapshot(elem.value)
+    )
 
 
 def _snapshot(value: object) -> object:

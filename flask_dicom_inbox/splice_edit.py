@@ -49,6 +49,7 @@ from .dicom import (
     _only_pixel_elements,
     _snapshot,
     header_from_raw,
+    left_as_read,
     native_pixel_bytes,
     write_element,
 )
@@ -372,15 +373,8 @@ def _run(
         changed: dict[int, tuple[bytes, bytes]] = {}
         for tag in sorted(ds._dict):
             elem = ds._dict[tag]
-            seen = before.get(tag)
-            if (
-                seen is not None
-                and seen[0] is elem
-                and seen[1] == elem.VR
-                and elem.VR != "SQ"
-                and seen[2] == _snapshot(elem.value)
-            ):
-                continue  # left as read: its bytes stay
+            if left_as_read(before.get(tag), elem):
+                continue  # its bytes stay
             buffer = DicomBytesIO()
             buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
             write_element(buffer, ds.get_item(tag), encodings)
