@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,15 @@ PY = sys.executable
 
 
 PROJECT = "bench"
+#: A project script as sites write them: the elements the read-modify-write loop empties and
+#: more, deleted (run after XNAT's default site script, which sets three).
+DELETING_PROJECT_SCRIPT = """version "6.1"
+-(0008,0050)
+-(0008,0080)
+-(0008,0090)
+-(0010,0030)
+-(0010,0040)
+"""
 #: Seconds of the 1-process pydicom header read of 2,000 CT files in the issue's table.
 REFERENCE_HEADER_READ_S = 0.57
 ADMIN = "bench_admin"
@@ -75,6 +84,7 @@ METHODS = [
     "import-copy",
     "import-move",
     "import-anon",
+    "import-anon-deletes",
     "orthanc",
     "latency",
     "poll",
@@ -1002,6 +1012,19 @@ class Site:
             raise RuntimeError(f"POST answered {answer.status_code}: {answer.text[:300]}")
         return int(answer.text.strip().rsplit("/", 1)[1])
 
+    @contextlib.contextmanager
+    def project_script(self, text: str) -> Iterator[None]:
+        """The bench project's anonymization script set and on, for the block's imports."""
+        base = f"{self.url}/xapi/anonymize/projects/{PROJECT}"
+        for url, body in ((base, text), (base + "/enabled", "true")):
+            answer = self.http.put(url, data=body, timeout=30)
+            if answer.status_code != 200:
+                raise RuntimeError(f"PUT {url} answered {answer.status_code}: {answer.text}")
+        try:
+            yield
+        finally:
+            self.http.put(base + "/enabled", data="false", timeout=30)
+
     def wait(self, rid: int, *, timeout: float, interval: float = 0.02) -> dict[str, Any]:
         end = time.monotonic() + timeout
         while True:
@@ -1272,6 +1295,15 @@ def run_method(bench: Bench, site: Site | None, name: str) -> tuple[float, float
             anon=True,
             baseline="pydicom full read + 5 tags + write, 1 proc",
         )
+    elif name == "import-anon-deletes":
+        with site.project_script(DELETING_PROJECT_SCRIPT):
+            bench.bench_import(
+                site,
+                "import anon, default + deleting project script",
+                cleanup=False,
+                anon=True,
+                baseline="pydicom full read + 5 tags + write, 1 proc",
+            )
     elif name == "latency":
         bench.bench_latency(site)
     elif name == "poll":
@@ -1413,6 +1445,12 @@ def main(argv: list[str] | None = None) -> None:
             "import default anon <= 1.0x single-process read-modify-write (ratio)",
             anon / rmw if anon and rmw else None,
             lambda v: v <= 1.0,
+        )
+    anon_deletes = res.seconds("import anon, default + deleting project script")
+    if wanted("rmw", "import-anon-deletes") and anon_deletes and rmw:
+        res.targets.append(
+            "(not a target: import anon with a project script that deletes 5 elements: "
+            f"{anon_deletes / rmw:.2f}x the single-process read-modify-write)"
         )
     if wanted("orthanc", "import-copy"):
         target(

@@ -331,28 +331,44 @@ class Script:
 
     @functools.cached_property
     def top_level_tags(self) -> frozenset[int] | None:
-        """The tags the script sets, when it only sets top-level text elements named exactly,
-        from text, variables and the string functions; ``None`` when it does anything else.
+        """The tags the script sets or deletes, when it only sets top-level text elements
+        named exactly (from text, variables and the string functions) and deletes elements
+        named exactly; ``None`` when it does anything else.
 
         Such a script run over a dataset holding only those elements (those of them the file
-        has) changes them exactly as it would in the whole file: nothing it does reaches other
-        elements. Not so for deletions and ``removeAllPrivateTags`` (they reach into
-        sequences), ``hashUID`` (the UID is replaced wherever it occurs, even one hashed from
-        text), reading a tag's value (the search converts every element, and a malformed
-        one fails the file), wildcards, paths into sequences, private tags, the file meta,
-        the SOP instance UID (the file meta follows it), the character set (it decides how
-        other elements are encoded), and elements whose VR pydicom decides from others.
+        has) changes them exactly as it would in the whole file, so long as no deleted tag
+        occurs inside a sequence (:mod:`.splice_edit` proves that from the file's bytes).
+        Not so for ``removeAllPrivateTags`` (it reaches into sequences), ``hashUID`` (the
+        UID is replaced wherever it occurs, even one hashed from text), reading a tag's
+        value (the search converts every element, and a malformed one fails the file),
+        wildcards, paths into sequences, private tags, the file meta, the SOP instance UID
+        (the file meta follows it), the character set (it decides how other elements are
+        encoded), and set elements whose VR pydicom decides from others.
         """
-        tags: set[int] = set()
+        plan = self._top_level_plan
+        return None if plan is None else plan[0] | plan[1]
+
+    @property
+    def top_level_sets(self) -> frozenset[int]:
+        """Of :attr:`top_level_tags`, those the script sets (empty when that is ``None``)."""
+        plan = self._top_level_plan
+        return frozenset() if plan is None else plan[0]
+
+    @property
+    def top_level_deletions(self) -> frozenset[int]:
+        """Of :attr:`top_level_tags`, those the script deletes (empty when that is ``None``)."""
+        plan = self._top_level_plan
+        return frozenset() if plan is None else plan[1]
+
+    @functools.cached_property
+    def _top_level_plan(self) -> tuple[frozenset[int], frozenset[int]] | None:
+        """(the tags set, the tags deleted), or ``None`` (see :attr:`top_level_tags`)."""
+        set_tags: set[int] = set()
+        deleted: set[int] = set()
         for statement in self.statements:
-            if not _top_level_only(statement):
+            if not _top_level_only(statement, set_tags, deleted):
                 return None
-            for path in _paths_of(statement):
-                tag = _plain_top_level_tag(path)
-                if tag is None:
-                    return None
-                tags.add(tag)
-        return frozenset(tags)
+        return frozenset(set_tags), frozenset(deleted)
 
 
 def parse_script(text: str) -> Script:
@@ -405,26 +421,41 @@ def _paths_of(statement: Statement) -> Iterator[TagPath]:
             yield from _paths_of(branch)
 
 
-_TOP_LEVEL_KINDS = frozenset({"set", "setif", "assign", "cond", "noop"})
+_TOP_LEVEL_KINDS = frozenset({"set", "setif", "assign", "cond", "noop", "delete"})
 #: Tags a top-level-only script may not name (see :attr:`Script.top_level_tags`).
 _NOT_PLAIN = frozenset({0x00080005, 0x00080016, 0x00080018})
 
 
-def _top_level_only(statement: Statement) -> bool:
+def _top_level_only(statement: Statement, set_tags: set[int], deleted: set[int]) -> bool:
+    """Whether ``statement`` only sets or deletes top-level elements named exactly; adds the
+    tags it sets and those it deletes."""
     if statement.kind not in _TOP_LEVEL_KINDS:
         return False
     values = [v for v in (statement.value, statement.left, statement.right) if v is not None]
     if any(_calls_hash(v) or next(_value_paths(v), None) for v in values):
         return False
-    return all(_top_level_only(b) for b in (statement.then, statement.otherwise) if b)
+    if statement.target is not None:
+        if statement.kind == "delete":
+            tag = _exact_top_level_tag(statement.target)
+            if tag is None:
+                return False
+            deleted.add(tag)
+        else:
+            tag = _plain_top_level_tag(statement.target)
+            if tag is None:
+                return False
+            set_tags.add(tag)
+    branches = (statement.then, statement.otherwise)
+    return all(_top_level_only(b, set_tags, deleted) for b in branches if b)
 
 
 def _calls_hash(value: Value) -> bool:
     return value.func == "hashUID" or any(_calls_hash(a) for a in value.args)
 
 
-def _plain_top_level_tag(path: TagPath) -> int | None:
-    """The tag of a one-part, wildcard-free path to a public text element, else ``None``."""
+def _exact_top_level_tag(path: TagPath) -> int | None:
+    """The tag of a one-part, wildcard-free path to a public data set element, else
+    ``None``."""
     if len(path.parts) != 1 or path.has_wildcard:
         return None
     tag = path.last
@@ -432,6 +463,14 @@ def _plain_top_level_tag(path: TagPath) -> int | None:
         return None
     if tag.group in (0x7FE0, 0xFFFE):
         return None
+    return int(tag)
+
+
+def _plain_top_level_tag(path: TagPath) -> int | None:
+    """The tag of a one-part, wildcard-free path to a public text element, else ``None``."""
+    if _exact_top_level_tag(path) is None:
+        return None
+    tag = path.last
     try:
         vr = dictionary_VR(tag)
     except KeyError:
@@ -595,11 +634,17 @@ class _Run:
                     self.changes.append(f"{_label(elem.tag)}: deleted")
 
     def _delete_everywhere(self, ds: Dataset, target: TagPath) -> None:
-        for elem in list(ds):
-            if target.matches(elem.tag):
-                del ds[elem.tag]
-                self.changes.append(f"{_label(elem.tag)}: deleted")
-            elif elem.VR == "SQ":
+        """Delete every element ``target`` matches, inside sequences too. Elements still raw
+        are left unconverted: :func:`_expand_un_sequences` converted every one that starts
+        with an item, so those hold no sequence item (converting every value was most of a
+        rewrite's time, and could fail the file over an element the script never named)."""
+        for tag in sorted(ds._dict):
+            if target.matches(tag):
+                del ds[tag]
+                self.changes.append(f"{_label(tag)}: deleted")
+                continue
+            elem = ds._dict[tag]
+            if isinstance(elem, DataElement) and elem.VR == "SQ":
                 for item in elem.value:
                     self._delete_everywhere(item, target)
 

@@ -1,5 +1,6 @@
 """Anonymize a file without a pydicom read of its header, when the scripts only set a few
-top-level text elements (XNAT's default site script is such a script).
+top-level text elements (XNAT's default site script is such a script) and delete elements
+they name exactly.
 
 pydicom's read of a CT header builds an object for each of its 100-odd elements; with the
 scripts' run and the encoding it was most of the CPU an anonymizing store spends on a file,
@@ -13,7 +14,8 @@ same result on such a dataset as on the whole file.
 Anything this is not sure of gets :func:`.dicom.open_for_rewrite` instead: a file without
 the 128-byte preamble or with file meta pydicom would fix up, a big-endian or deflated one,
 elements out of order or of undefined length where the scripts work, a de-identification
-sequence already present, anything after the pixel data.
+sequence already present, anything after the pixel data, a deleted tag's encoding anywhere
+but at the start of its top-level element (it may be inside a sequence).
 """
 
 from __future__ import annotations
@@ -85,12 +87,17 @@ class SplicePlan:
     tags: frozenset[int] = field(compare=False)
     #: What the walk keeps the values of: those, the header's and the pixel geometry's.
     wanted: frozenset[int] = field(compare=False)
+    #: The tags the scripts delete: the file's bytes must show none of them in a sequence.
+    deleted: frozenset[int] = field(compare=False, default=frozenset())
+    #: Of those, the ones no script sets: their values do not change the scripts' result.
+    only_deleted: frozenset[int] = field(compare=False, default=frozenset())
 
     @classmethod
     def of(cls, steps: Sequence[object]) -> SplicePlan | None:
         """The plan for ``steps``, or ``None`` when a step is not a script whose tags are
         known (a host's own step, a script that deletes or hashes)."""
         tags = {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}
+        deleted: set[int] = set()
         chosen: list[ScriptStep] = []
         for step in steps:
             if type(step) is not ScriptStep or step.needs_pixel_data:  # not a subclass's apply
@@ -99,11 +106,20 @@ class SplicePlan:
             if named is None:
                 return None
             tags.update(named)
+            deleted.update(step.script.top_level_deletions)
             chosen.append(step)
         geometry = {int(tag) for tag in GEOMETRY_TAGS.values()}
         wanted = tags | geometry | set(HEADER_TAGS) | {_SOP_CLASS, _SOP_INSTANCE}
         key = tuple((step.script_id, step.script.source) for step in chosen)
-        return cls(key, tuple(chosen), frozenset(tags), frozenset(wanted))
+        set_anywhere = {tag for step in chosen for tag in step.script.top_level_sets}
+        return cls(
+            key,
+            tuple(chosen),
+            frozenset(tags),
+            frozenset(wanted),
+            frozenset(deleted),
+            frozenset(deleted - set_anywhere - {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}),
+        )
 
 
 class SplicedEdit:
@@ -165,14 +181,17 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
         if meta_values[media].rstrip(b"\x00 ") != found.get(own, b"").rstrip(b"\x00 "):
             return None
     pixel_start = spans[-1][2] if spans else meta_end
+    if plan.deleted and not _only_at_top_level(data, meta_end, pixel_start, spans, plan.deleted):
+        return None
     try:
         expected = _expected_pixel_bytes(found, spans, data, implicit, meta_values[0x00020010])
     except NotPlain:
         return None
     if not _only_pixel_elements(fp, pixel_start, size, implicit, expected):
         return None
+    only_deleted = plan.only_deleted  # (held as empty: one run serves every value)
     worked_on = tuple(
-        (tag, None if implicit else _vr_at(data, start), found[tag])
+        (tag, None if implicit else _vr_at(data, start), b"" if tag in only_deleted else found[tag])
         for tag, start, _end in spans
         if tag in plan.tags
     )
@@ -180,9 +199,8 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
     changed = run(plan, implicit, worked_on, tuple(sorted(variables.items())))
     if changed is None:
         return None
-    header = header_from_raw(
-        {**found, **{tag: value for tag, (_encoded, value) in changed.items()}}
-    )
+    values = {**found, **{tag: value for tag, (_encoded, value) in changed.items()}}
+    header = header_from_raw({tag: v for tag, v in values.items() if v is not None})
     if header is None:
         return None
     head = _spliced(data, meta_end, spans, changed)
@@ -259,6 +277,29 @@ def _sorted_and_plain(
         if tag <= last or (tag in tags and tag not in found):
             return False
         last = tag
+    return True
+
+
+def _only_at_top_level(
+    data: bytes,
+    start: int,
+    end: int,
+    spans: Sequence[tuple[int, int, int]],
+    deleted: frozenset[int],
+) -> bool:
+    """Whether the data set's bytes (``start`` to ``end``) hold each deleted tag's encoding
+    only where the top-level element with that tag starts: then no element inside a
+    sequence has it, and a deletion over the whole file deletes only that element (and
+    converts nothing, :meth:`.dicomedit._Run._delete_everywhere`)."""
+    starts = {tag: at for tag, at, _end in spans if tag in deleted}
+    for tag in deleted:
+        pattern = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+        own = starts.get(tag)
+        at = data.find(pattern, start, end)
+        while at != -1:
+            if at != own:
+                return False
+            at = data.find(pattern, at + 1, end)
     return True
 
 
@@ -350,10 +391,11 @@ def _run(
     implicit: bool,
     worked_on: tuple[tuple[int, str | None, bytes], ...],
     variables: tuple[tuple[str, str], ...],
-) -> Mapping[int, tuple[bytes, bytes]] | None:
+) -> Mapping[int, tuple[bytes, bytes | None]] | None:
     """Run the scripts over a dataset of the elements they work on (``(tag, VR, value
     bytes)`` each, the VR ``None`` in an implicit VR file); the encoding of each one they
-    set or added (tag: ``(element bytes, value bytes)``), in tag order.
+    set or added (tag: ``(element bytes, value bytes)``), in tag order, and ``(b"", None)``
+    for each one they deleted.
 
     Remembered: the result depends on nothing else, and the files of a session mostly hold
     the same values in these elements, so one run serves the whole session.
@@ -370,7 +412,9 @@ def _run(
         for step in plan.steps:
             step.apply(ds, dict(variables))
         encodings = ds.get("SpecificCharacterSet", default_encoding)
-        changed: dict[int, tuple[bytes, bytes]] = {}
+        changed: dict[int, tuple[bytes, bytes | None]] = {
+            int(tag): (b"", None) for tag in before if tag not in ds._dict
+        }
         for tag in sorted(ds._dict):
             elem = ds._dict[tag]
             if left_as_read(before.get(tag), elem):
@@ -408,7 +452,7 @@ def _spliced(
     data: bytes,
     meta_end: int,
     spans: Sequence[tuple[int, int, int]],
-    changed: Mapping[int, tuple[bytes, bytes]],
+    changed: Mapping[int, tuple[bytes, bytes | None]],
 ) -> bytes:
     """The new file up to its pixel data: a zeroed preamble, the file meta as it was, and the
     data set's elements in tag order, each as it was unless the scripts changed or added it.

@@ -15,9 +15,11 @@ from typing import Any
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -751,6 +753,30 @@ def test_deleted_values_inside_sequences_do_not_survive() -> None:
     data = _write(ds)
     assert b"19230405" not in data
     assert b"SECRET-DEEP-NOTE" in data  # only what the script removes goes
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_deleted_values_two_sequences_deep_in_a_file_as_read_do_not_survive(syntax: str) -> None:
+    """Read from a file, the inner sequence is still raw bytes inside the outer one's item
+    (the script's run converts it, as it starts with an item): the deletion must reach it,
+    and leave every other raw element as it was read."""
+    inner = Dataset()
+    inner.PatientBirthDate = "19230405"
+    outer = Dataset()
+    outer.PatientID = "OUTER-ID"
+    outer.OtherPatientIDsSequence = Sequence([inner])
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.601"
+    ds.OtherPatientIDsSequence = Sequence([outer])
+    ds.StudyDescription = "kept as read"
+    ds = _file_dataset(ds, syntax)
+    parse_script("- (0010,0030)").apply(ds, VARS)
+    assert isinstance(ds._dict[Tag(0x00081030)], RawDataElement)  # never converted
+    assert isinstance(ds._dict[Tag(0x00101002)], DataElement)  # (its items were looked into)
+    data = _write(ds)
+    assert b"19230405" not in data
+    assert b"OUTER-ID" in data and b"kept as read" in data
 
 
 def test_deleted_values_inside_an_implicit_vr_private_sequence_do_not_survive() -> None:

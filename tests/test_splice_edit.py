@@ -45,6 +45,27 @@ project ~ "P.*" ? (0008,103E) := concatenate[site, "-", subject] : (0008,103E) :
 (0020,0052) := "1.2.3.4.5"
 """
 
+#: Deletions of elements of many VRs (header elements among them), a deletion undone by a
+#: set and a set undone by a deletion, one deletion only under a condition.
+DELETE_SCRIPT = r"""version "6.1"
+-(0010,0030)
+-(0008,0090)
+-(0008,1010)
+-(0008,0020)
+-(0010,0040)
+-(0020,0013)
+-(0028,0030)
+-(0018,0050)
+-(0008,0050)
+(0010,1010) := "042Y"
+-(0010,1010)
+-(0008,103E)
+(0008,103E) := "series"
+subject = "S1" ? -(0008,0080) : (0008,0080) := "kept"
+"""
+DELETED_TAGS = (0x00100030, 0x00080090, 0x00081010, 0x00080020, 0x00100040, 0x00200013,
+                0x00280030, 0x00180050, 0x00080050, 0x00101010, 0x00080080)  # fmt: skip
+
 
 def _step(script: str, script_id: str = "site") -> ScriptStep:
     return ScriptStep(script_id, compile_script(script))
@@ -77,8 +98,9 @@ def _elements(data: bytes) -> list[tuple[object, str, object]]:
     [
         [_step(DEFAULT_SITE_SCRIPT)],
         [_step(DEFAULT_SITE_SCRIPT), _step(BROAD_SCRIPT, "project")],
+        [_step(DEFAULT_SITE_SCRIPT), _step(DELETE_SCRIPT, "project")],
     ],
-    ids=["default", "default+broad"],
+    ids=["default", "default+broad", "default+deletions"],
 )
 def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
     steps: list[ScriptStep],
@@ -86,7 +108,7 @@ def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
     """All of pydicom's and pydicom-data's importable files: the same elements (tag, VR,
     value) and the same header; the same bytes but where the splice kept the source's own
     encoding of an element no script changed (a UN element pydicom writes with its VR)."""
-    spliced = same_bytes = 0
+    spliced = same_bytes = deleted = 0
     for found in sorted(get_testdata_files("**/*")):
         path = Path(found)
         try:
@@ -98,6 +120,10 @@ def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
             continue
         spliced += 1
         assert result[1] == full[1], path.name
+        if steps[-1].script.source == DELETE_SCRIPT:
+            tags = {tag for tag, _vr, _value in _elements(result[0])}
+            assert not tags & set(DELETED_TAGS), path.name
+            deleted += len(set(DELETED_TAGS) & {t for t, _v, _x in _elements(path.read_bytes())})
         if result[0] == full[0]:
             same_bytes += 1
             continue
@@ -105,6 +131,8 @@ def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
             warnings.simplefilter("ignore")
             assert _elements(result[0]) == _elements(full[0]), path.name
     assert spliced > 100 and same_bytes > spliced - 10, (spliced, same_bytes)
+    if steps[-1].script.source == DELETE_SCRIPT:
+        assert deleted > 500, deleted  # the files held the elements the script deleted
 
 
 def test_the_spliced_file_keeps_the_pixel_data_and_gets_the_new_values(tmp_path: Path) -> None:
@@ -129,7 +157,17 @@ def test_the_spliced_file_keeps_the_pixel_data_and_gets_the_new_values(tmp_path:
         ('version "6.1"\n(0008,0060) = "CT" ? (0010,0010) := "x"\n', None),  # reads a tag
         ('version "6.1"\n(0008,103E) := (0008,0060)\n', None),  # (its search converts all)
         ('version "6.1"\n(0020,000D) := hashUID["1.2.3"]\n', None),  # even from text
-        ('version "6.1"\n-(0008,0050)\n', None),  # deletions reach into sequences
+        ('version "6.1"\n-(0008,0050)\n', {0x00080050}),  # (the file's bytes must show it
+        ('version "6.1"\n-(0028,0010)\n', {0x00280010}),  # in no sequence) of any VR
+        (
+            'version "6.1"\nsubject = "S" ? -(0010,0030) : (0010,0010) := "x"\n',
+            {0x00100030, 0x00100010},
+        ),
+        ('version "6.1"\n-(0008,1110)/(0008,1155)\n', None),  # inside a sequence
+        ('version "6.1"\n-(0019,1010)\n', None),  # private
+        ('version "6.1"\n-(0008,0005)\n', None),  # the character set
+        ('version "6.1"\n-(0008,0018)\n', None),  # the file meta follows it
+        ('version "6.1"\n-(0002,0013)\n', None),  # the file meta
         ('version "6.1"\nremoveAllPrivateTags\n', None),
         ('version "6.1"\n(0020,000D) := hashUID[(0020,000D)]\n', None),  # replaced everywhere
         ('version "6.1"\n(0008,1110)/(0008,1155) := "1.2"\n', None),  # inside a sequence
@@ -159,12 +197,20 @@ class _HostStep:
 def test_a_plan_is_made_only_of_scripts_that_work_on_named_elements() -> None:
     assert SplicePlan.of([_step(DEFAULT_SITE_SCRIPT), _HostStep()]) is None
     assert (
-        SplicePlan.of([_step(DEFAULT_SITE_SCRIPT), _step('version "6.1"\n-(0008,0050)\n')]) is None
+        SplicePlan.of([_step(DEFAULT_SITE_SCRIPT), _step('version "6.1"\nremoveAllPrivateTags\n')])
+        is None
     )
     plan = SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])
     assert plan is not None
     assert {0x00120062, 0x00120064, 0x00080005} <= plan.tags  # the record, the character set
+    assert not plan.deleted
     assert plan == SplicePlan.of([_step(DEFAULT_SITE_SCRIPT)])  # each chunk makes its own
+    # A tag deleted by one script and set by another is not "only deleted": its value counts.
+    deleting = _step('version "6.1"\n-(0010,0030)\n-(0010,0010)\n', "project")
+    plan = SplicePlan.of([_step(DEFAULT_SITE_SCRIPT), deleting])
+    assert plan is not None
+    assert plan.deleted == {0x00100030, 0x00100010} <= plan.tags
+    assert plan.only_deleted == {0x00100030}
 
 
 def _saved(tmp_path: Path, name: str, **save: object) -> Path:
@@ -305,21 +351,21 @@ def test_a_value_the_element_refuses_fails_as_in_the_pydicom_rewrite(tmp_path: P
                 pass
 
 
+@pytest.mark.parametrize("project", [None, DELETE_SCRIPT], ids=["default", "deletions"])
 def test_the_store_phase_writes_spliced_files_as_the_pydicom_rewrite_would(
-    tmp_path: Path,
+    tmp_path: Path, project: str | None
 ) -> None:
-    """The importer's own path: a chunk stored with the default script equals the same
-    chunk stored through the pydicom rewrite (a host step in the plan forces it)."""
+    """The importer's own path: a chunk stored with the default script (and a project
+    script that deletes) equals the same chunk stored through the pydicom rewrite (a host
+    step in the plan forces it)."""
     options = STORE_OPTIONS
     report = ProgressReporter.__new__(ProgressReporter)
     report.add = lambda **_: None  # type: ignore[method-assign]
     report.flush = lambda: None  # type: ignore[method-assign]
     source = _generated(tmp_path)
     stored = {}
-    for how, steps in (
-        ("spliced", [_step(DEFAULT_SITE_SCRIPT)]),
-        ("full", [_step(DEFAULT_SITE_SCRIPT), _HostStep()]),
-    ):
+    scripts = [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+    for how, steps in (("spliced", scripts), ("full", [*scripts, _HostStep()])):
         storer = FileStorer(options=options, anonymization=steps, report=report)
         assert (storer.splice_plan is not None) is (how == "spliced")
         folder = tmp_path / how
@@ -333,6 +379,9 @@ def test_the_store_phase_writes_spliced_files_as_the_pydicom_rewrite_would(
         assert result["how"] == "write", result
         stored[how] = (folder / result["name"]).read_bytes()
     assert stored["spliced"] == stored["full"]
+    birth_date = struct.pack("<HH", 0x0010, 0x0030) + b"DA"
+    assert birth_date in source.read_bytes()
+    assert (birth_date in stored["spliced"]) is (project is None)
 
 
 def _item_bytes() -> bytes:
@@ -439,3 +488,63 @@ def test_file_meta_pydicom_would_fill_in_or_that_outruns_the_first_read_is_decli
     for path in (blank, long_meta):
         with open_spliced_edit(path, plan, VARIABLES) as edit:
             assert edit is None, path.name
+
+
+def _birth_dates(top: str | None, nested: str | None, syntax: object = None):  # type: ignore[no-untyped-def]
+    def edit(ds: pydicom.Dataset) -> None:
+        if top is not None:
+            ds.PatientBirthDate = top
+        if nested is not None:
+            other = pydicom.Dataset()
+            other.PatientID = "OTHER-1"
+            other.PatientBirthDate = nested
+            ds.OtherPatientIDsSequence = Sequence([other])
+        else:
+            ds.ReferencedImageSequence = Sequence([pydicom.Dataset()])
+            ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2.3.9"
+        if syntax is not None:
+            ds.file_meta.TransferSyntaxUID = syntax
+
+    return edit
+
+
+@pytest.mark.parametrize("syntax", [None, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
+def test_a_deleted_tag_inside_a_sequence_leaves_the_file_to_pydicom(
+    tmp_path: Path, syntax: object
+) -> None:
+    """A deletion reaches into sequences; the splice only sees the top level, so a file whose
+    bytes hold the deleted tag anywhere else must take the pydicom rewrite, which deletes it
+    there too. Where the tag is only at the top level (or nowhere), the splice deletes it."""
+    steps = [_step(DEFAULT_SITE_SCRIPT), _step('version "6.1"\n-(0010,0030)\n', "project")]
+    nested = _saved(tmp_path, "nested.dcm", edit=_birth_dates("19610817", "19610818", syntax))
+    result, full = _both(nested, steps)
+    assert result is None
+    assert b"19610817" not in full[0] and b"19610818" not in full[0]
+    assert b"OTHER-1" in full[0]  # the rest of the item stays
+    for name, top in [("top.dcm", "19610817"), ("none.dcm", None)]:
+        path = _saved(tmp_path, name, edit=_birth_dates(top, None, syntax))
+        result, full = _both(path, steps)
+        assert result is not None and result == full, name
+        assert b"19610817" not in result[0]
+        source = path.read_bytes()
+        assert b"1.2.3.9" in result[0]  # the sequence is kept as it was
+        if top is not None:  # the element's bytes, and only those, are gone
+            at = source.index(struct.pack("<HH", 0x0010, 0x0030))
+            assert source[at : at + 16] not in result[0]
+
+
+def test_a_deletion_converts_only_elements_whose_bytes_may_hold_the_tag(tmp_path: Path) -> None:
+    """The pydicom rewrite of a deleting script leaves the other elements as read: a value
+    pydicom cannot convert no longer fails the file, and every other element keeps its
+    bytes."""
+    bad = _saved(tmp_path, "bad.dcm", edit=_raw(0x00280030, "DS", b"not\\a\\number"))
+    steps = [_step('version "6.1"\n-(0010,0030)\n', "project")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a conversion of the DS would warn
+        with open_for_rewrite(bad, pixels_needed=False) as rewrite:
+            steps[0].apply(rewrite.dataset, VARIABLES)
+            assert isinstance(rewrite.dataset._dict[BaseTag(0x00280030)], RawDataElement)
+            written = rewrite.to_bytes()
+    assert b"not\\a\\number" in written
+    result, full = _both(bad, steps)
+    assert result is not None and result[0] == full[0] == written
