@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import struct
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -634,17 +635,25 @@ class _Run:
                     self.changes.append(f"{_label(elem.tag)}: deleted")
 
     def _delete_everywhere(self, ds: Dataset, target: TagPath) -> None:
-        """Delete every element ``target`` matches, inside sequences too. Elements still raw
-        are left unconverted: :func:`_expand_un_sequences` converted every one that starts
-        with an item, so those hold no sequence item (converting every value was most of a
-        rewrite's time, and could fail the file over an element the script never named)."""
+        """Delete every element ``target`` matches, inside sequences too. For a target named
+        exactly, an element still raw whose bytes do not hold the tag's encoding is left
+        unconverted: nothing inside it can be the target (converting every value was most of
+        a rewrite's time, and could fail the file over an element the script never named).
+        The bytes decide, not the VR or how the value starts: pydicom reads a sequence whose
+        first item is not tagged as one, and a private one whose VR only its dictionary
+        knows."""
+        exact = None if target.has_wildcard else target.last
         for tag in sorted(ds._dict):
             if target.matches(tag):
                 del ds[tag]
                 self.changes.append(f"{_label(tag)}: deleted")
                 continue
-            elem = ds._dict[tag]
-            if isinstance(elem, DataElement) and elem.VR == "SQ":
+            found = ds._dict[tag]
+            if exact is not None and isinstance(found, RawDataElement):
+                if not _may_hold(found, exact):
+                    continue
+            elem = ds[tag]
+            if elem.VR == "SQ":
                 for item in elem.value:
                     self._delete_everywhere(item, target)
 
@@ -702,6 +711,15 @@ class _Run:
 
 
 _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
+
+
+def _may_hold(raw: RawDataElement, tag: BaseTag) -> bool:
+    """Whether ``raw``'s bytes may hold an element with ``tag``: they hold its encoding."""
+    value = raw.value
+    if not isinstance(value, bytes):
+        return True
+    order = "<" if raw.is_little_endian else ">"
+    return struct.pack(f"{order}HH", tag.group, tag.element) in value
 
 
 def _expand_un_sequences(ds: Dataset) -> None:

@@ -417,8 +417,8 @@ def _run(
         }
         for tag in sorted(ds._dict):
             elem = ds._dict[tag]
-            if left_as_read(before.get(tag), elem):
-                continue  # its bytes stay
+            if int(tag) in plan.only_deleted or left_as_read(before.get(tag), elem):
+                continue  # its bytes stay (one only deleted is held as empty: not deleted)
             buffer = DicomBytesIO()
             buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
             write_element(buffer, ds.get_item(tag), encodings)

@@ -779,6 +779,36 @@ def test_deleted_values_two_sequences_deep_in_a_file_as_read_do_not_survive(synt
     assert b"OUTER-ID" in data and b"kept as read" in data
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize(
+    "first", [b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0"], ids=["mistagged", "delimiter"]
+)
+def test_deleted_values_in_a_sequence_not_starting_with_an_item_do_not_survive(
+    syntax: str, first: bytes
+) -> None:
+    """A sequence whose first item is tagged as something else (pydicom still reads it as an
+    item), or whose bytes start with a sequence delimiter (pydicom reads no item, and the
+    bytes after it hide the value): its bytes hold the deleted tag, so it is looked into."""
+    inner = Dataset()
+    inner.PatientID = "OTHER-ID"
+    inner.PatientBirthDate = "19230405"
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.602"
+    ds.OtherPatientIDsSequence = Sequence([inner])
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    data = bytearray(_write(ds))
+    at = data.index(b"\x10\x00\x02\x10") + (12 if syntax == ExplicitVRLittleEndian else 8)
+    assert data[at : at + 4] == b"\xfe\xff\x00\xe0"
+    data[at : at + 4] = first
+    ds = _reread(bytes(data))
+    parse_script("- (0010,0030)").apply(ds, VARS)
+    assert b"19230405" not in _write(ds)
+
+
 def test_deleted_values_inside_an_implicit_vr_private_sequence_do_not_survive() -> None:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage

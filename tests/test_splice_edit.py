@@ -548,3 +548,25 @@ def test_a_deletion_converts_only_elements_whose_bytes_may_hold_the_tag(tmp_path
     assert b"not\\a\\number" in written
     result, full = _both(bad, steps)
     assert result is not None and result[0] == full[0] == written
+
+
+@pytest.mark.parametrize("syntax", [None, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
+def test_a_sequence_a_script_may_delete_stays_when_the_deletion_is_not_taken(
+    tmp_path: Path, syntax: object
+) -> None:
+    """A tag only deleted is held as empty in the scripts' run: when the condition leaves it,
+    the file keeps its bytes (a sequence, which is never taken as left alone, included)."""
+
+    def referencing(ds: pydicom.Dataset) -> None:
+        reference = pydicom.Dataset()
+        reference.ReferencedSOPInstanceUID = "1.2.3.9"
+        ds.ReferencedImageSequence = Sequence([reference])
+        if syntax is not None:
+            ds.file_meta.TransferSyntaxUID = syntax
+
+    path = _saved(tmp_path, "referencing.dcm", edit=referencing)
+    for subject, kept in (("nobody", True), ("S1", False)):
+        script = f'version "6.1"\nsubject = "{subject}" ? -(0008,1140)\n'
+        result, full = _both(path, [_step(DEFAULT_SITE_SCRIPT), _step(script, "project")])
+        assert result is not None and result == full, subject
+        assert (b"1.2.3.9" in result[0]) is kept, subject
