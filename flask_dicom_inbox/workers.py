@@ -191,11 +191,43 @@ def _reap(pid: int, patience: float = 5.0) -> None:
         pass
 
 
-class RecoveringWorker(_RecoveringMixin, PreforkingWorker):
+class _PromptShutdownMixin:
+    """RQ's ``unsubscribe`` with the wait for its command listener bounded.
+
+    RQ unsubscribes its listener thread, then stops it and joins it for up to 1 s. redis-py
+    8.2's ``PubSubWorkerThread.stop()`` itself joins the thread, with no bound, and a thread
+    that has just seen the unsubscription waits up to RQ's ``sleep_time`` (60 s) for a new
+    subscription: every warm shutdown took up to a minute (a systemd stop, Ctrl-C, a test's
+    ``SIGTERM``). The thread is a daemon, left to end with the process, as before 8.2.
+    """
+
+    pubsub: Any
+    pubsub_thread: Any
+    pubsub_channel_name: str
+    log: logging.Logger
+    name: str
+
+    def unsubscribe(self) -> None:
+        thread = self.pubsub_thread
+        if not thread:
+            return
+        self.log.info(
+            "Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name
+        )
+        self.pubsub.unsubscribe()
+        try:
+            thread.stop(timeout=1)
+        except TypeError:  # redis-py before 8.2: stop() only tells the thread to end
+            thread.stop()
+            thread.join(timeout=1)
+        self.pubsub.close()
+
+
+class RecoveringWorker(_PromptShutdownMixin, _RecoveringMixin, PreforkingWorker):
     """A forking worker (one work-horse per job, forked ahead) that recovers dead imports."""
 
 
-class RecoveringSimpleWorker(_RecoveringMixin, SimpleWorker):
+class RecoveringSimpleWorker(_PromptShutdownMixin, _RecoveringMixin, SimpleWorker):
     """An in-process worker that recovers dead imports."""
 
 

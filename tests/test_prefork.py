@@ -168,3 +168,25 @@ def test_a_worker_process_killed_outright_leaves_no_spare_behind(
         assert process_alive(holder), "the pipe was still held open when the spare left"
     finally:
         os.kill(holder, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("simple", [False, True], ids=["forking", "simple"])
+def test_a_warm_shutdown_does_not_wait_for_the_command_listener(
+    state: InboxState, simple: bool
+) -> None:
+    """RQ's command listener thread, once unsubscribed, waits up to 60 s for a new
+    subscription; with redis-py 8.2 stopping it joined it with no bound, so a warm shutdown
+    took up to a minute whenever the thread saw the unsubscription before it was told to
+    stop. Here it is made to see it first, every time."""
+    worker = make_worker(state, simple=simple)
+    worker.subscribe()
+    try:
+        wait_until(lambda: worker.pubsub.subscribed, 10, "the listener to subscribe", 0.01)
+        worker.pubsub.unsubscribe()  # the thread sees this, and waits for a subscription
+        wait_until(lambda: not worker.pubsub.subscribed, 10, "the unsubscription", 0.01)
+        time.sleep(0.2)
+        started = time.monotonic()
+        worker.unsubscribe()
+        assert time.monotonic() - started < 5
+    finally:
+        worker.pubsub.close()
