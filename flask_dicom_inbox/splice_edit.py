@@ -95,7 +95,8 @@ class SplicePlan:
     @classmethod
     def of(cls, steps: Sequence[object]) -> SplicePlan | None:
         """The plan for ``steps``, or ``None`` when a step is not a script whose tags are
-        known (a host's own step, a script that deletes or hashes)."""
+        known (a host's own step, a script that hashes, reads tags or removes private
+        tags)."""
         tags = {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}
         deleted: set[int] = set()
         chosen: list[ScriptStep] = []

@@ -79,6 +79,7 @@ def test_new_redis_connections_do_not_read_the_package_metadata(
     import importlib.util
 
     import redis
+    import redis.utils
 
     state = DicomInbox.state(app)
     looked_up: list[str] = []
@@ -86,10 +87,15 @@ def test_new_redis_connections_do_not_read_the_package_metadata(
     monkeypatch.setattr(
         importlib.metadata, "version", lambda name: looked_up.append(name) or real_version(name)
     )
+    # redis-py 8.2 and later remember the version once per process (functools.cache); forget
+    # it, so that a lookup by either client below would be seen.
+    forget = getattr(redis.utils.get_lib_version, "cache_clear", lambda: None)
+    forget()
     state.redis.connection_pool.disconnect()
     state.redis.connection_pool.reset()  # as in a forked work-horse: no connection left
     assert state.redis.ping()
     assert looked_up == []
+    forget()
     plain = redis.Redis.from_url(state.config.redis_url)  # the control: redis-py's default
     try:
         plain.ping()

@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from example_app import create_app
 from example_app.demo import write_session
 from example_app.host import SqliteUsers
-from flask_dicom_inbox import DicomInbox
+from flask_dicom_inbox import DicomInbox, api_ui
 
 from .conftest import PASSWORDS, auth, new_record, run_worker, serve_http, submit
 
@@ -202,6 +202,7 @@ def test_status_page_in_headless_chromium(
     inbox: Path,
     live_server: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if CHROMIUM is None:
         pytest.skip("no chromium binary on PATH (Debian: apt-get install chromium)")
@@ -210,9 +211,11 @@ def test_status_page_in_headless_chromium(
     # A finished request with hostile names, then a running one big enough to watch.
     small = _hostile_session(inbox)
     big = inbox / "test_proj" / "s01_mr1"
-    # 1,600 files: one worker takes some seconds over them, so the page (polling every
-    # second) sees the bar at two values or more on a fast machine too (800 files took 2 s
-    # on one, and the page saw a single value between 0 and Completed).
+    # 1,600 files, and the page polling 4 times a second instead of once: it must see the
+    # bar at two values or more however fast the host imports (800 files took 2 s on one
+    # host and 1,600 about 2 s on a faster one, and at one poll a second the page saw a
+    # single value between 0 and Completed).
+    monkeypatch.setattr(api_ui, "POLL_MS", 250)
     write_session(big, series=4, files_per_series=400, rows=8, columns=8, seed=1)
     assert submit(client, "owner", PROJECT_ID="test_proj", path=small).status_code == 200
     answer = submit(client, "owner", PROJECT_ID="test_proj", SUBJECT_ID="s01", path=big)
