@@ -653,9 +653,27 @@ class _Run:
                 if not _may_hold(found, exact):
                     continue
             elem = ds[tag]
-            if elem.VR == "SQ":
+            if elem.VR == "UN" and isinstance(elem.value, bytes) and exact is not None:
+                self._delete_in_un(elem, target)
+            elif elem.VR == "SQ":
                 for item in elem.value:
                     self._delete_everywhere(item, target)
+
+    def _delete_in_un(self, elem: DataElement, target: TagPath) -> None:
+        """A UN element whose bytes hold the target's tag may be a sequence whose first item
+        is not tagged as one (so :func:`_expand_un_sequences` left it): read as a sequence,
+        it becomes one if the target was inside, and its bytes stay as they were if not."""
+        if not _may_hold_bytes(elem.value, target.last, little_endian=True):
+            return
+        sequence = _un_as_sequence(elem.value)
+        if sequence is None:
+            return
+        deleted = len(self.changes)
+        for item in sequence:
+            self._delete_everywhere(item, target)
+        if len(self.changes) > deleted:
+            elem.VR = "SQ"
+            elem.value = sequence
 
     def _do_removeprivate(self, st: Statement) -> None:
         self._remove_private(self.ds)
@@ -716,9 +734,15 @@ _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 def _may_hold(raw: RawDataElement, tag: BaseTag) -> bool:
     """Whether ``raw``'s bytes may hold an element with ``tag``: they hold its encoding."""
     value = raw.value
+    if value is None:  # (pydicom reads an empty value so, in an implicit VR file always)
+        return raw.length != 0
     if not isinstance(value, bytes):
         return True
-    order = "<" if raw.is_little_endian else ">"
+    return _may_hold_bytes(value, tag, little_endian=raw.is_little_endian)
+
+
+def _may_hold_bytes(value: bytes, tag: BaseTag, *, little_endian: bool) -> bool:
+    order = "<" if little_endian else ">"
     return struct.pack(f"{order}HH", tag.group, tag.element) in value
 
 
@@ -726,26 +750,36 @@ def _expand_un_sequences(ds: Dataset) -> None:
     """Parse private sequences an implicit-VR file left as UN bytes (pydicom cannot know an
     unknown creator's VR), so deletions and UID replacement reach inside them.
 
-    An element still raw whose bytes do not start with an item holds no sequence: it is left
-    unconverted, which spares a header-only rewrite the conversion of every value."""
+    An element still raw whose bytes do not start with an item (an empty one included) holds
+    no sequence: it is left unconverted, which spares a header-only rewrite the conversion of
+    every value (and keeps an empty UN element's bytes, which the conversion would give the
+    dictionary's VR)."""
     for tag, found in list(ds._dict.items()):
         value = getattr(found, "value", None)
-        if isinstance(found, RawDataElement) and isinstance(value, bytes):
-            if value[:4] != _ITEM_TAG_LE:
+        if isinstance(found, RawDataElement):
+            if not isinstance(value, bytes) or value[:4] != _ITEM_TAG_LE:
                 continue
         elem = ds[tag]
         if elem.VR == "UN" and isinstance(elem.value, bytes) and elem.value[:4] == _ITEM_TAG_LE:
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    sequence = convert_SQ(elem.value, True, True)
-            except Exception:  # noqa: S112 - not a sequence after all: the bytes stay as they are
-                continue
+            sequence = _un_as_sequence(elem.value)
+            if sequence is None:
+                continue  # not a sequence after all: the bytes stay as they are
             elem.VR = "SQ"
             elem.value = sequence
         if elem.VR == "SQ":
             for item in elem.value:
                 _expand_un_sequences(item)
+
+
+def _un_as_sequence(value: bytes) -> Sequence | None:
+    """A UN element's bytes read as a sequence (implicit VR little endian, as the standard
+    has UN values hold one), or ``None`` when they do not read as one."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return convert_SQ(value, True, True)
+    except Exception:
+        return None
 
 
 def _replace_uids(ds: Dataset, mapping: Mapping[str, str]) -> None:

@@ -253,13 +253,16 @@ def _walk(
     fd: int, data: bytes, start: int, size: int, implicit: bool, wanted: frozenset[int]
 ) -> tuple[bytes, dict[int, bytes], list[tuple[int, int, int]]] | None:
     """The data set's top-level elements' spans and the ``wanted`` values, reading more of
-    the file once if the header is longer than the first read."""
+    the file once if the header is longer than the first read (an element the walk skips
+    may end past it: the last one of a file without pixel data)."""
     for attempt in range(2):
         spans: list[tuple[int, int, int]] = []
         try:
             found = raw_header.walk(
                 data, start, size, implicit=implicit, wanted=wanted, spans=spans
             )
+            if spans and spans[-1][2] > len(data):
+                raise raw_header.NeedMore
         except raw_header.NeedMore:
             if attempt or size > _MAX_HEADER_READ:
                 return None

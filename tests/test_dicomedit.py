@@ -17,6 +17,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
@@ -807,6 +809,37 @@ def test_deleted_values_in_a_sequence_not_starting_with_an_item_do_not_survive(
     ds = _reread(bytes(data))
     parse_script("- (0010,0030)").apply(ds, VARS)
     assert b"19230405" not in _write(ds)
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_survive(
+    syntax: str,
+) -> None:
+    """A private element of an unknown creator, stored as UN, holding a sequence whose first
+    item is tagged as something else: its bytes hold the deleted tag, so they are read as a
+    sequence, and the element becomes one, without the value. A UN element whose bytes hold
+    the tag but whose sequence does not keeps its bytes."""
+    inner = Dataset()
+    inner.PatientBirthDate = "19230405"
+    body = BytesIO()
+    fp = DicomFileLike(body)
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, inner)
+    item = body.getvalue()
+    mistagged = b"\xfe\xff\x0d\xe0" + len(item).to_bytes(4, "little") + item
+    blob = b"\x10\x00\x30\x00 not a sequence"
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.603"
+    ds.add_new(0x00990010, "LO", "ACME 1.0")
+    ds.add_new(0x00991010, "UN", mistagged)
+    ds.add_new(0x00991011, "UN", blob)
+    ds = _file_dataset(ds, syntax)
+    parse_script("- (0010,0030)").apply(ds, VARS)
+    data = _write(ds)
+    assert b"19230405" not in data
+    assert ds[0x00991010].VR == "SQ" and len(ds[0x00991010].value) == 1
+    assert blob in data
 
 
 def test_deleted_values_inside_an_implicit_vr_private_sequence_do_not_survive() -> None:

@@ -570,3 +570,44 @@ def test_a_sequence_a_script_may_delete_stays_when_the_deletion_is_not_taken(
         result, full = _both(path, [_step(DEFAULT_SITE_SCRIPT), _step(script, "project")])
         assert result is not None and result == full, subject
         assert (b"1.2.3.9" in result[0]) is kept, subject
+
+
+def test_a_file_without_pixel_data_whose_last_element_outruns_the_first_read(
+    tmp_path: Path,
+) -> None:
+    """No pixel data, and a last element (no script names it) that ends past the first
+    16 KiB read: the whole element must be written, not what the first read held of it."""
+
+    def long_last_element(ds: pydicom.Dataset) -> None:
+        for tag in [tag for tag in ds.keys() if tag >= 0x7FE00010]:
+            del ds[tag]
+        ds.add_new(0x00420011, "OB", b"\x01" * 20000)  # EncapsulatedDocument
+
+    path = _saved(tmp_path, "document.dcm", edit=long_last_element)
+    assert path.stat().st_size > 20000 and path.read_bytes().endswith(b"\x01" * 20000)
+    for project in (None, 'version "6.1"\n-(0010,1000)\n'):
+        steps = [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+        result, full = _both(path, steps)
+        assert result is not None and result == full
+        assert result[0].endswith(b"\x01" * 20000)
+
+
+@pytest.mark.parametrize("tag", [0x00100030, 0x00200013], ids=["DA", "IS"])
+def test_an_empty_element_stored_as_un_keeps_its_bytes_on_both_paths(
+    tmp_path: Path, tag: int
+) -> None:
+    """An empty public element an explicit VR file stores with VR UN: pydicom reads its value
+    as None, and converting it would give it the dictionary's VR; neither the script run nor
+    a deletion elsewhere converts it, so both paths keep it as UN, byte for byte."""
+    source = _saved(tmp_path, "plain.dcm").read_bytes()
+    encoded = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
+    at = source.index(encoded)
+    length = 8 + struct.unpack_from("<H", source, at + 6)[0]
+    data = source[:at] + encoded + b"UN\x00\x00\x00\x00\x00\x00" + source[at + length :]
+    path = tmp_path / "empty-un.dcm"
+    path.write_bytes(data)
+    for project in (None, 'version "6.1"\n-(0010,1000)\n'):
+        steps = [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+        result, full = _both(path, steps)
+        assert result is not None and result == full
+        assert encoded + b"UN\x00\x00\x00\x00\x00\x00" in full[0]
