@@ -1058,6 +1058,7 @@ class Site:
             keys = list(self.redis.scan_iter(match=pattern, count=1000))
             for i in range(0, len(keys), 1000):
                 self.redis.delete(*keys[i : i + 1000])
+        self.redis.srem("rq:queues", f"rq:queue:{queue}")  # RQ's set of every queue it used
         self.log.close()
         # The workers' log (seconds per phase of each import) outlives the site's folder.
         shutil.copyfile(self.root / "site.log", self.root.parent.parent / "last-site.log")
