@@ -63,6 +63,8 @@ _SOP_CLASS, _SOP_INSTANCE = 0x00080016, 0x00080018
 #: What :func:`.dicomedit.record_deidentification` sets.
 _IDENTITY_REMOVED, _DEID_SEQUENCE = 0x00120062, 0x00120064
 #: The file meta elements pydicom's write would add when missing (or refuse without).
+#: What every plan works on: the character set, and what the de-identification record sets.
+_ALWAYS_WORKED_ON = frozenset({_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE})
 _REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
 _MEDIA_UIDS = {0x00020002: _SOP_CLASS, 0x00020003: _SOP_INSTANCE}
 _PREAMBLE = b"\x00" * 128 + b"DICM"
@@ -97,7 +99,7 @@ class SplicePlan:
         """The plan for ``steps``, or ``None`` when a step is not a script whose tags are
         known (a host's own step, a script that hashes, reads tags or removes private
         tags)."""
-        tags = {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}
+        tags = set(_ALWAYS_WORKED_ON)
         deleted: set[int] = set()
         chosen: list[ScriptStep] = []
         for step in steps:
@@ -119,7 +121,7 @@ class SplicePlan:
             frozenset(tags),
             frozenset(wanted),
             frozenset(deleted),
-            frozenset(deleted - set_anywhere - {_CHARSET, _IDENTITY_REMOVED, _DEID_SEQUENCE}),
+            frozenset(deleted - set_anywhere - _ALWAYS_WORKED_ON),
         )
 
 

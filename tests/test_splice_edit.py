@@ -71,6 +71,11 @@ def _step(script: str, script_id: str = "site") -> ScriptStep:
     return ScriptStep(script_id, compile_script(script))
 
 
+def _default_and(project: str | None) -> list[ScriptStep]:
+    """XNAT's default site script, then ``project`` as the project's script if given."""
+    return [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+
+
 def _both(path: Path, steps: list[ScriptStep]) -> tuple[tuple[bytes, object] | None, tuple]:
     """(the splice's bytes and header, or None when it declines; the pydicom rewrite's)."""
     plan = SplicePlan.of(steps)
@@ -364,7 +369,7 @@ def test_the_store_phase_writes_spliced_files_as_the_pydicom_rewrite_would(
     report.flush = lambda: None  # type: ignore[method-assign]
     source = _generated(tmp_path)
     stored = {}
-    scripts = [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+    scripts = _default_and(project)
     for how, steps in (("spliced", scripts), ("full", [*scripts, _HostStep()])):
         storer = FileStorer(options=options, anonymization=steps, report=report)
         assert (storer.splice_plan is not None) is (how == "spliced")
@@ -490,7 +495,9 @@ def test_file_meta_pydicom_would_fill_in_or_that_outruns_the_first_read_is_decli
             assert edit is None, path.name
 
 
-def _birth_dates(top: str | None, nested: str | None, syntax: object = None):  # type: ignore[no-untyped-def]
+def _birth_dates(
+    top: str | None, nested: str | None, syntax: object = None
+) -> Callable[[pydicom.Dataset], None]:
     def edit(ds: pydicom.Dataset) -> None:
         if top is not None:
             ds.PatientBirthDate = top
@@ -586,7 +593,7 @@ def test_a_file_without_pixel_data_whose_last_element_outruns_the_first_read(
     path = _saved(tmp_path, "document.dcm", edit=long_last_element)
     assert path.stat().st_size > 20000 and path.read_bytes().endswith(b"\x01" * 20000)
     for project in (None, 'version "6.1"\n-(0010,1000)\n'):
-        steps = [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+        steps = _default_and(project)
         result, full = _both(path, steps)
         assert result is not None and result == full
         assert result[0].endswith(b"\x01" * 20000)
@@ -607,7 +614,7 @@ def test_an_empty_element_stored_as_un_keeps_its_bytes_on_both_paths(
     path = tmp_path / "empty-un.dcm"
     path.write_bytes(data)
     for project in (None, 'version "6.1"\n-(0010,1000)\n'):
-        steps = [_step(DEFAULT_SITE_SCRIPT)] + ([_step(project, "project")] if project else [])
+        steps = _default_and(project)
         result, full = _both(path, steps)
         assert result is not None and result == full
         assert encoded + b"UN\x00\x00\x00\x00\x00\x00" in full[0]
