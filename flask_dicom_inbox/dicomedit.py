@@ -635,35 +635,34 @@ class _Run:
                     self.changes.append(f"{_label(elem.tag)}: deleted")
 
     def _delete_everywhere(self, ds: Dataset, target: TagPath) -> None:
-        """Delete every element ``target`` matches, inside sequences too. For a target named
-        exactly, an element still raw whose bytes do not hold the tag's encoding is left
+        """Delete every element ``target`` matches, inside sequences too. An element still
+        raw whose bytes hold no tag ``target`` matches (:func:`_may_hold`) is left
         unconverted: nothing inside it can be the target (converting every value was most of
         a rewrite's time, and could fail the file over an element the script never named).
         The bytes decide, not the VR or how the value starts: pydicom reads a sequence whose
         first item is not tagged as one, and a private one whose VR only its dictionary
         knows."""
-        exact = None if target.has_wildcard else target.last
         for tag in sorted(ds._dict):
             if target.matches(tag):
                 del ds[tag]
                 self.changes.append(f"{_label(tag)}: deleted")
                 continue
             found = ds._dict[tag]
-            if exact is not None and isinstance(found, RawDataElement):
-                if not _may_hold(found, exact):
-                    continue
+            if isinstance(found, RawDataElement) and not _may_hold(found, target):
+                continue
             elem = ds[tag]
-            if elem.VR == "UN" and isinstance(elem.value, bytes) and exact is not None:
+            if elem.VR == "UN" and isinstance(elem.value, bytes):
                 self._delete_in_un(elem, target)
             elif elem.VR == "SQ":
                 for item in elem.value:
                     self._delete_everywhere(item, target)
 
     def _delete_in_un(self, elem: DataElement, target: TagPath) -> None:
-        """A UN element whose bytes hold the target's tag may be a sequence whose first item
-        is not tagged as one (so :func:`_expand_un_sequences` left it): read as a sequence,
-        it becomes one if the target was inside, and its bytes stay as they were if not."""
-        if not _may_hold_bytes(elem.value, target.last, little_endian=True):
+        """A UN element whose bytes hold a tag the target matches may be a sequence whose
+        first item is not tagged as one (so :func:`_expand_un_sequences` left it): read as a
+        sequence, it becomes one if the target was inside, and its bytes stay as they were
+        if not."""
+        if not _may_hold_bytes(elem.value, target, little_endian=True):
             return
         sequence = _un_as_sequence(elem.value)
         if sequence is None:
@@ -731,19 +730,45 @@ class _Run:
 _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 
 
-def _may_hold(raw: RawDataElement, tag: BaseTag) -> bool:
-    """Whether ``raw``'s bytes may hold an element with ``tag``: they hold its encoding."""
+def _may_hold(raw: RawDataElement, target: TagPath) -> bool:
+    """Whether ``raw``'s bytes may hold an element ``target`` matches: they hold the
+    encoding of such a tag, in the file's byte order or (a UN value's) little endian."""
     value = raw.value
     if value is None:  # (pydicom reads an empty value so, in an implicit VR file always)
         return raw.length != 0
     if not isinstance(value, bytes):
         return True
-    return _may_hold_bytes(value, tag, little_endian=raw.is_little_endian)
+    if _may_hold_bytes(value, target, little_endian=raw.is_little_endian):
+        return True
+    return not raw.is_little_endian and _may_hold_bytes(value, target, little_endian=True)
 
 
-def _may_hold_bytes(value: bytes, tag: BaseTag, *, little_endian: bool) -> bool:
-    order = "<" if little_endian else ">"
-    return struct.pack(f"{order}HH", tag.group, tag.element) in value
+def _may_hold_bytes(value: bytes, target: TagPath, *, little_endian: bool) -> bool:
+    """Whether ``value`` holds the encoding of a tag the last part of ``target`` matches."""
+    if not target.has_wildcard:
+        tag = target.last
+        return struct.pack("<HH" if little_endian else ">HH", tag.group, tag.element) in value
+    return _tag_bytes_pattern(target.parts[-1], little_endian).search(value) is not None
+
+
+@functools.lru_cache(maxsize=256)
+def _tag_bytes_pattern(part: tuple[str, str], little_endian: bool) -> re.Pattern[bytes]:
+    """The encodings of the tags ``part`` matches (``("gggg", "eeee")``, ``X`` a wildcard
+    digit), as a pattern of four bytes, each a class of the values its two digits allow."""
+    group, element = part
+    pairs = [group[:2], group[2:], element[:2], element[2:]]  # big endian byte order
+    if little_endian:
+        pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
+
+    def byte_class(pair: str) -> str:
+        values = [
+            v
+            for v in range(256)
+            if all(p in ("X", t) for p, t in zip(pair, f"{v:02X}", strict=True))
+        ]
+        return "[" + "".join(f"\\x{v:02x}" for v in values) + "]"
+
+    return re.compile("".join(byte_class(pair) for pair in pairs).encode("ascii"))
 
 
 def _expand_un_sequences(ds: Dataset) -> None:

@@ -757,11 +757,20 @@ def test_deleted_values_inside_sequences_do_not_survive() -> None:
     assert b"SECRET-DEEP-NOTE" in data  # only what the script removes goes
 
 
+#: One deletion named exactly and two by wildcards that match the same tag (and no other
+#: tag of the tests' files).
+BIRTH_DATE_DELETIONS = ["- (0010,0030)", "- (0010,003X)", "- (00X0,XX30)"]
+
+
+@pytest.mark.parametrize("script", BIRTH_DATE_DELETIONS)
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_deleted_values_two_sequences_deep_in_a_file_as_read_do_not_survive(syntax: str) -> None:
+def test_deleted_values_two_sequences_deep_in_a_file_as_read_do_not_survive(
+    syntax: str, script: str
+) -> None:
     """Read from a file, the inner sequence is still raw bytes inside the outer one's item
     (the script's run converts it, as it starts with an item): the deletion must reach it,
-    and leave every other raw element as it was read."""
+    and leave every other raw element as it was read, a wildcard's too (its bytes hold no
+    tag the wildcard matches)."""
     inner = Dataset()
     inner.PatientBirthDate = "19230405"
     outer = Dataset()
@@ -773,7 +782,7 @@ def test_deleted_values_two_sequences_deep_in_a_file_as_read_do_not_survive(synt
     ds.OtherPatientIDsSequence = Sequence([outer])
     ds.StudyDescription = "kept as read"
     ds = _file_dataset(ds, syntax)
-    parse_script("- (0010,0030)").apply(ds, VARS)
+    parse_script(script).apply(ds, VARS)
     assert isinstance(ds._dict[Tag(0x00081030)], RawDataElement)  # never converted
     assert isinstance(ds._dict[Tag(0x00101002)], DataElement)  # (its items were looked into)
     data = _write(ds)
@@ -811,14 +820,15 @@ def test_deleted_values_in_a_sequence_not_starting_with_an_item_do_not_survive(
     assert b"19230405" not in _write(ds)
 
 
+@pytest.mark.parametrize("script", BIRTH_DATE_DELETIONS)
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_survive(
-    syntax: str,
+    syntax: str, script: str
 ) -> None:
     """A private element of an unknown creator, stored as UN, holding a sequence whose first
     item is tagged as something else: its bytes hold the deleted tag, so they are read as a
-    sequence, and the element becomes one, without the value. A UN element whose bytes hold
-    the tag but whose sequence does not keeps its bytes."""
+    sequence, and the element becomes one, without the value; by a wildcard's deletion too.
+    A UN element whose bytes hold the tag but whose sequence does not keeps its bytes."""
     inner = Dataset()
     inner.PatientBirthDate = "19230405"
     body = BytesIO()
@@ -835,7 +845,7 @@ def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_su
     ds.add_new(0x00991010, "UN", mistagged)
     ds.add_new(0x00991011, "UN", blob)
     ds = _file_dataset(ds, syntax)
-    parse_script("- (0010,0030)").apply(ds, VARS)
+    parse_script(script).apply(ds, VARS)
     data = _write(ds)
     assert b"19230405" not in data
     assert ds[0x00991010].VR == "SQ" and len(ds[0x00991010].value) == 1
