@@ -333,18 +333,21 @@ class Script:
     @functools.cached_property
     def top_level_tags(self) -> frozenset[int] | None:
         """The tags the script sets or deletes, when it only sets top-level text elements
-        named exactly (from text, variables and the string functions) and deletes elements
-        named exactly; ``None`` when it does anything else.
+        named exactly (from text, variables and the string functions), deletes elements
+        named exactly and, outside conditions, deletes by wildcards
+        (:attr:`top_level_wildcards`); ``None`` when it does anything else.
 
         Such a script run over a dataset holding only those elements (those of them the file
         has) changes them exactly as it would in the whole file, so long as no deleted tag
-        occurs inside a sequence (:mod:`.splice_edit` proves that from the file's bytes).
-        Not so for ``removeAllPrivateTags`` (it reaches into sequences), ``hashUID`` (the
-        UID is replaced wherever it occurs, even one hashed from text), reading a tag's
-        value (the search converts every element, and a malformed one fails the file),
-        wildcards, paths into sequences, private tags, the file meta, the SOP instance UID
-        (the file meta follows it), the character set (it decides how other elements are
-        encoded), and set elements whose VR pydicom decides from others.
+        occurs inside a sequence (:mod:`.splice_edit` proves that from the file's bytes) and
+        the elements a wildcard matches are left out too. Not so for
+        ``removeAllPrivateTags`` (it reaches into sequences), ``hashUID`` (the UID is
+        replaced wherever it occurs, even one hashed from text), reading a tag's value (the
+        search converts every element, and a malformed one fails the file), a wildcard
+        deletion under a condition or one that may match the file meta, the pixel data or an
+        item, paths into sequences, private tags named exactly, the file meta, the SOP
+        instance UID (the file meta follows it), the character set (it decides how other
+        elements are encoded), and set elements whose VR pydicom decides from others.
         """
         plan = self._top_level_plan
         return None if plan is None else plan[0] | plan[1]
@@ -361,15 +364,29 @@ class Script:
         plan = self._top_level_plan
         return frozenset() if plan is None else plan[1]
 
+    @property
+    def top_level_wildcards(self) -> tuple[TagPath, ...]:
+        """The wildcard deletions of a script :attr:`top_level_tags` describes: each deletes
+        every element it matches, unconditionally (empty when that is ``None``)."""
+        plan = self._top_level_plan
+        return () if plan is None else plan[2]
+
     @functools.cached_property
-    def _top_level_plan(self) -> tuple[frozenset[int], frozenset[int]] | None:
-        """(the tags set, the tags deleted), or ``None`` (see :attr:`top_level_tags`)."""
+    def _top_level_plan(
+        self,
+    ) -> tuple[frozenset[int], frozenset[int], tuple[TagPath, ...]] | None:
+        """(the tags set, the tags deleted, the wildcard deletions), or ``None`` (see
+        :attr:`top_level_tags`)."""
         set_tags: set[int] = set()
         deleted: set[int] = set()
+        wildcards: list[TagPath] = []
         for statement in self.statements:
-            if not _top_level_only(statement, set_tags, deleted):
+            target = statement.target
+            if statement.kind == "delete" and target is not None and _top_level_wildcard(target):
+                wildcards.append(target)
+            elif not _top_level_only(statement, set_tags, deleted):
                 return None
-        return frozenset(set_tags), frozenset(deleted)
+        return frozenset(set_tags), frozenset(deleted), tuple(wildcards)
 
 
 def parse_script(text: str) -> Script:
@@ -465,6 +482,23 @@ def _exact_top_level_tag(path: TagPath) -> int | None:
     if tag.group in (0x7FE0, 0xFFFE):
         return None
     return int(tag)
+
+
+#: Groups a spliced wildcard deletion may not reach: the command and file meta groups, the
+#: pixel data's, and the items' and delimiters'.
+_UNSPLICED_GROUPS = (0x0000, 0x0001, 0x0002, 0x7FE0, 0xFFFA, 0xFFFC, 0xFFFE)
+
+
+def _top_level_wildcard(path: TagPath) -> bool:
+    """Whether ``path`` is a one-part wildcard that matches no tag of the groups a splice
+    leaves to pydicom (which tags it must not match besides, the plan decides)."""
+    if len(path.parts) != 1 or not path.has_wildcard:
+        return False
+    group = path.parts[0][0]
+    return not any(
+        all(p in ("X", t) for p, t in zip(group, f"{g:04X}", strict=True))
+        for g in _UNSPLICED_GROUPS
+    )
 
 
 def _plain_top_level_tag(path: TagPath) -> int | None:
@@ -748,11 +782,11 @@ def _may_hold_bytes(value: bytes, target: TagPath, *, little_endian: bool) -> bo
     if not target.has_wildcard:
         tag = target.last
         return struct.pack("<HH" if little_endian else ">HH", tag.group, tag.element) in value
-    return _tag_bytes_pattern(target.parts[-1], little_endian).search(value) is not None
+    return tag_pattern(target.parts[-1], little_endian).search(value) is not None
 
 
 @functools.lru_cache(maxsize=256)
-def _tag_bytes_pattern(part: tuple[str, str], little_endian: bool) -> re.Pattern[bytes]:
+def tag_pattern(part: tuple[str, str], little_endian: bool) -> re.Pattern[bytes]:
     """The encodings of the tags ``part`` matches (``("gggg", "eeee")``, ``X`` a wildcard
     digit), as a pattern of four bytes, each a class of the values its two digits allow."""
     group, element = part

@@ -1,6 +1,6 @@
 """Anonymize a file without a pydicom read of its header, when the scripts only set a few
 top-level text elements (XNAT's default site script is such a script) and delete elements
-they name exactly.
+they name exactly or, unconditionally, by wildcards.
 
 pydicom's read of a CT header builds an object for each of its 100-odd elements; with the
 scripts' run and the encoding it was most of the CPU an anonymizing store spends on a file,
@@ -14,8 +14,8 @@ same result on such a dataset as on the whole file.
 Anything this is not sure of gets :func:`.dicom.open_for_rewrite` instead: a file without
 the 128-byte preamble or with file meta pydicom would fix up, a big-endian or deflated one,
 elements out of order or of undefined length where the scripts work, a de-identification
-sequence already present, anything after the pixel data, a deleted tag's encoding anywhere
-but at the start of its top-level element (it may be inside a sequence).
+sequence already present, anything after the pixel data, a deleted tag's encoding (or one a
+wildcard matches) inside a top-level element pydicom's deletion would look into.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import struct
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -55,6 +56,7 @@ from .dicom import (
     native_pixel_bytes,
     write_element,
 )
+from .dicomedit import TagPath, tag_pattern
 from .raw_header import LONG_VRS
 from .storage import copy_range, open_nofollow
 
@@ -93,14 +95,22 @@ class SplicePlan:
     deleted: frozenset[int] = field(compare=False, default=frozenset())
     #: Of those, the ones no script sets: their values do not change the scripts' result.
     only_deleted: frozenset[int] = field(compare=False, default=frozenset())
+    #: The wildcard deletions, each as ``(mask, value)``: a tag ``t`` matches when
+    #: ``t & mask == value``. They match none of ``wanted``, so they delete whole top-level
+    #: elements the scripts' run never sees.
+    wildcards: tuple[tuple[int, int], ...] = field(compare=False, default=())
+    #: The encodings of every deleted tag and of every tag a wildcard matches, as one
+    #: pattern (``None`` when nothing is deleted).
+    deletions: re.Pattern[bytes] | None = field(compare=False, default=None)
 
     @classmethod
     def of(cls, steps: Sequence[object]) -> SplicePlan | None:
         """The plan for ``steps``, or ``None`` when a step is not a script whose tags are
         known (a host's own step, a script that hashes, reads tags or removes private
-        tags)."""
+        tags), or a wildcard deletion may match an element the plan works on or reads."""
         tags = set(_ALWAYS_WORKED_ON)
         deleted: set[int] = set()
+        wildcards: list[TagPath] = []
         chosen: list[ScriptStep] = []
         for step in steps:
             if type(step) is not ScriptStep or step.needs_pixel_data:  # not a subclass's apply
@@ -110,9 +120,15 @@ class SplicePlan:
                 return None
             tags.update(named)
             deleted.update(step.script.top_level_deletions)
+            wildcards.extend(step.script.top_level_wildcards)
             chosen.append(step)
         geometry = {int(tag) for tag in GEOMETRY_TAGS.values()}
         wanted = tags | geometry | set(HEADER_TAGS) | {_SOP_CLASS, _SOP_INSTANCE}
+        masks = tuple(dict.fromkeys(_mask_and_value(path) for path in wildcards))
+        if any(tag & mask == value for mask, value in masks for tag in wanted):
+            return None
+        encodings = [re.escape(struct.pack("<HH", tag >> 16, tag & 0xFFFF)) for tag in deleted]
+        encodings += [tag_pattern(path.parts[0], True).pattern for path in wildcards]
         key = tuple((step.script_id, step.script.source) for step in chosen)
         set_anywhere = {tag for step in chosen for tag in step.script.top_level_sets}
         return cls(
@@ -122,7 +138,17 @@ class SplicePlan:
             frozenset(wanted),
             frozenset(deleted),
             frozenset(deleted - set_anywhere - _ALWAYS_WORKED_ON),
+            masks,
+            re.compile(b"|".join(sorted(set(encodings)))) if encodings else None,
         )
+
+
+def _mask_and_value(path: TagPath) -> tuple[int, int]:
+    """A one-part wildcard path as ``(mask, value)``: ``(60XX,3000)`` is
+    ``(0xFF00FFFF, 0x60003000)``."""
+    digits = "".join(path.parts[0])
+    mask = int("".join("0" if digit == "X" else "F" for digit in digits), 16)
+    return mask, int(digits.replace("X", "0"), 16)
 
 
 class SplicedEdit:
@@ -178,13 +204,14 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
     data, found, spans = walked
     if not _sorted_and_plain(spans, plan.tags, found) or _DEID_SEQUENCE in found:
         return None
-    if _holds_what_a_run_converts(data, spans, implicit):
+    wild = {t for t, _s, _e in spans for m, v in plan.wildcards if t & m == v}
+    if _holds_what_a_run_converts(data, spans, implicit, wild):
         return None
     for media, own in _MEDIA_UIDS.items():  # else pydicom's write would set the meta's UID
         if meta_values[media].rstrip(b"\x00 ") != found.get(own, b"").rstrip(b"\x00 "):
             return None
     pixel_start = spans[-1][2] if spans else meta_end
-    if plan.deleted and not _only_at_top_level(data, meta_end, pixel_start, spans, plan.deleted):
+    if plan.deletions is not None and _may_delete_inside(data, spans, implicit, plan, wild):
         return None
     try:
         expected = _expected_pixel_bytes(found, spans, data, implicit, meta_values[0x00020010])
@@ -202,6 +229,8 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
     changed = run(plan, implicit, worked_on, tuple(sorted(variables.items())))
     if changed is None:
         return None
+    if wild:  # (no script reads or sets them: the plan has none of them in its run)
+        changed = {**changed, **dict.fromkeys(wild, (b"", None))}
     values = {**found, **{tag: value for tag, (_encoded, value) in changed.items()}}
     header = header_from_raw({tag: v for tag, v in values.items() if v is not None})
     if header is None:
@@ -286,27 +315,56 @@ def _sorted_and_plain(
     return True
 
 
-def _only_at_top_level(
+def _may_delete_inside(
     data: bytes,
-    start: int,
-    end: int,
     spans: Sequence[tuple[int, int, int]],
-    deleted: frozenset[int],
+    implicit: bool,
+    plan: SplicePlan,
+    wild: set[int],
 ) -> bool:
-    """Whether the data set's bytes (``start`` to ``end``) hold each deleted tag's encoding
-    only where the top-level element with that tag starts: then no element inside a
-    sequence has it, and a deletion over the whole file deletes only that element (and
-    converts nothing, :meth:`.dicomedit._Run._delete_everywhere`)."""
-    starts = {tag: at for tag, at, _end in spans if tag in deleted}
-    for tag in deleted:
-        pattern = struct.pack("<HH", tag >> 16, tag & 0xFFFF)
-        own = starts.get(tag)
-        at = data.find(pattern, start, end)
-        while at != -1:
-            if at != own:
-                return False
-            at = data.find(pattern, at + 1, end)
-    return True
+    """Whether a deletion of the plan may reach inside a top-level element: the bytes after
+    the tag of an element pydicom's deletion would look into (:func:`_may_nest`) hold a
+    deleted tag's encoding, or one a wildcard matches. Elsewhere such bytes are values,
+    which the deletion converts (:meth:`.dicomedit._Run._delete_everywhere`) but never
+    looks into; an element a wildcard deletes goes whole."""
+    assert plan.deletions is not None
+    search = plan.deletions.search
+    for tag, start, end in spans:
+        if tag in wild or not _may_nest(data, tag, start, implicit):
+            continue
+        if search(data, start + 4, end) is not None:
+            return True
+    return False
+
+
+#: The VRs whose values pydicom never reads elements from (a value of undefined length
+#: aside): every one but SQ and UN.
+_FLAT_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SS ST SV TM UC UI UL "
+    b"UR US UT UV".split()
+)
+
+
+def _may_nest(data: bytes, tag: int, start: int, implicit: bool) -> bool:
+    """Whether the top-level element at ``start`` may hold elements once pydicom converts
+    it: a sequence, a UN value, a value of undefined length or of a VR the walk does not
+    know; in an implicit VR file, any element whose dictionary VR is not a flat one (private
+    elements and unknown ones included)."""
+    if implicit:
+        return not _flat_in_dictionary(tag)
+    vr = data[start + 4 : start + 6]
+    if vr not in _FLAT_VRS:
+        return True
+    return vr in LONG_VRS and _UNPACK_U32(data, start + 8)[0] == 0xFFFFFFFF
+
+
+@functools.lru_cache(maxsize=4096)
+def _flat_in_dictionary(tag: int) -> bool:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return False
+    return not BaseTag(tag).is_private and vr not in ("SQ", "UN", "NONE")
 
 
 _ITEM_LE = struct.pack("<HH", 0xFFFE, 0xE000)
@@ -314,7 +372,7 @@ _UN_HEADER = b"UN\x00\x00"
 
 
 def _holds_what_a_run_converts(
-    data: bytes, spans: Sequence[tuple[int, int, int]], implicit: bool
+    data: bytes, spans: Sequence[tuple[int, int, int]], implicit: bool, wild: set[int]
 ) -> bool:
     """Whether a script's run over the whole file would convert an element the splice would
     copy as it is: before it runs, :func:`.dicomedit._expand_un_sequences` converts every
@@ -323,9 +381,12 @@ def _holds_what_a_run_converts(
 
     So: a top-level element that starts with an item but is not a sequence, and in an
     explicit VR file any UN element inside a top-level sequence (looked for as bytes: a
-    text value that happens to hold them only sends the file to the pydicom path).
+    text value that happens to hold them only sends the file to the pydicom path). Not in
+    the elements of ``wild``: a wildcard deletes them, whatever the run made of them.
     """
     for tag, start, end in spans:
+        if tag in wild:
+            continue
         if implicit:
             value_start = start + 8
             if data[value_start : value_start + 4] == _ITEM_LE and not _known_sequence(tag):

@@ -66,6 +66,28 @@ subject = "S1" ? -(0008,0080) : (0008,0080) := "kept"
 DELETED_TAGS = (0x00100030, 0x00080090, 0x00081010, 0x00080020, 0x00100040, 0x00200013,
                 0x00280030, 0x00180050, 0x00080050, 0x00101010, 0x00080080)  # fmt: skip
 
+#: Wildcard deletions as de-identification scripts write them: overlays and curves, vendors'
+#: private groups (their creators included), and the acquisition and content dates and
+#: times; one deletion named exactly beside them.
+WILDCARD_SCRIPT = r"""version "6.1"
+-(60XX,3000)
+-(50XX,XXXX)
+-(0009,XXXX)
+-(0019,XXXX)
+-(0029,XXXX)
+-(0043,XXXX)
+-(0008,002X)
+-(0008,003X)
+-(0010,0030)
+"""
+WILDCARDS = [(0xFF00FFFF, 0x60003000), (0xFF000000, 0x50000000), (0xFFFF0000, 0x00090000),
+             (0xFFFF0000, 0x00190000), (0xFFFF0000, 0x00290000), (0xFFFF0000, 0x00430000),
+             (0xFFFFFFF0, 0x00080020), (0xFFFFFFF0, 0x00080030)]  # fmt: skip
+
+
+def _wildcard_matches(tags: set[int]) -> set[int]:
+    return {tag for tag in tags for mask, value in WILDCARDS if tag & mask == value}
+
 
 def _step(script: str, script_id: str = "site") -> ScriptStep:
     return ScriptStep(script_id, compile_script(script))
@@ -104,8 +126,9 @@ def _elements(data: bytes) -> list[tuple[object, str, object]]:
         [_step(DEFAULT_SITE_SCRIPT)],
         [_step(DEFAULT_SITE_SCRIPT), _step(BROAD_SCRIPT, "project")],
         [_step(DEFAULT_SITE_SCRIPT), _step(DELETE_SCRIPT, "project")],
+        [_step(DEFAULT_SITE_SCRIPT), _step(WILDCARD_SCRIPT, "project")],
     ],
-    ids=["default", "default+broad", "default+deletions"],
+    ids=["default", "default+broad", "default+deletions", "default+wildcards"],
 )
 def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
     steps: list[ScriptStep],
@@ -129,15 +152,23 @@ def test_every_real_world_file_splices_to_what_the_pydicom_rewrite_gives(
             tags = {tag for tag, _vr, _value in _elements(result[0])}
             assert not tags & set(DELETED_TAGS), path.name
             deleted += len(set(DELETED_TAGS) & {t for t, _v, _x in _elements(path.read_bytes())})
+        if steps[-1].script.source == WILDCARD_SCRIPT:
+            tags = {tag for tag, _vr, _value in _elements(result[0])}
+            assert not _wildcard_matches(tags), path.name
+            deleted += len(_wildcard_matches({t for t, _v, _x in _elements(path.read_bytes())}))
         if result[0] == full[0]:
             same_bytes += 1
             continue
         with warnings.catch_warnings():  # comparing converts the source's invalid values
             warnings.simplefilter("ignore")
             assert _elements(result[0]) == _elements(full[0]), path.name
-    assert spliced > 100 and same_bytes > spliced - 10, (spliced, same_bytes)
+    # (A wildcard such as (50XX,XXXX) matches bytes found in many sequences, such as a "P".)
+    least = 50 if steps[-1].script.source == WILDCARD_SCRIPT else 100
+    assert spliced > least and same_bytes > spliced - 10, (spliced, same_bytes)
     if steps[-1].script.source == DELETE_SCRIPT:
         assert deleted > 500, deleted  # the files held the elements the script deleted
+    if steps[-1].script.source == WILDCARD_SCRIPT:
+        assert deleted > 500, deleted  # ... and the elements the wildcards matched
 
 
 def test_the_spliced_file_keeps_the_pixel_data_and_gets_the_new_values(tmp_path: Path) -> None:
@@ -176,7 +207,9 @@ def test_the_spliced_file_keeps_the_pixel_data_and_gets_the_new_values(tmp_path:
         ('version "6.1"\nremoveAllPrivateTags\n', None),
         ('version "6.1"\n(0020,000D) := hashUID[(0020,000D)]\n', None),  # replaced everywhere
         ('version "6.1"\n(0008,1110)/(0008,1155) := "1.2"\n', None),  # inside a sequence
-        ('version "6.1"\n-(0010,XXXX)\n', None),  # a wildcard
+        ('version "6.1"\n-(0010,XXXX)\n', set()),  # a wildcard: the file says which tags
+        ('version "6.1"\nsubject = "S" ? -(60XX,3000)\n', None),  # a wildcard, if
+        ('version "6.1"\n-(XXXX,0010)\n', None),  # a wildcard that may reach the file meta
         ('version "6.1"\n(0010,0010) := (0019,1010)\n', None),  # private
         ('version "6.1"\n(0008,0018) := "1.2.3"\n', None),  # the file meta follows it
         ('version "6.1"\n(0008,0005) := "ISO_IR 192"\n', None),  # the character set
@@ -538,6 +571,84 @@ def test_a_deleted_tag_inside_a_sequence_leaves_the_file_to_pydicom(
         if top is not None:  # the element's bytes, and only those, are gone
             at = source.index(struct.pack("<HH", 0x0010, 0x0030))
             assert source[at : at + 16] not in result[0]
+
+
+def test_scripts_say_which_wildcards_they_delete_at_the_top_level() -> None:
+    """A wildcard deletion outside conditions is spliced as ``(mask, value)``; the plan is
+    refused when a wildcard may match an element it works on or reads (here the default
+    script's patient name, and the header's series number)."""
+    script = parse_script('version "6.1"\n-(60XX,3000)\n-(0019,XXXX)\n-(0010,0030)\n')
+    assert [str(path) for path in script.top_level_wildcards] == ["(60XX,3000)", "(0019,XXXX)"]
+    assert script.top_level_deletions == frozenset({0x00100030})
+    plan = SplicePlan.of(_default_and(script.source))
+    assert plan is not None
+    assert plan.wildcards == ((0xFF00FFFF, 0x60003000), (0xFFFF0000, 0x00190000))
+    assert SplicePlan.of(_default_and('version "6.1"\n-(0010,XXXX)\n')) is None
+    assert SplicePlan.of(_default_and('version "6.1"\n-(0020,001X)\n')) is None
+
+
+def _overlay_and_private(nested: bool, syntax: object = None) -> Callable[[pydicom.Dataset], None]:
+    """An overlay, a private block holding a sequence with an overlay of its own, and a
+    public sequence whose item holds an overlay only when ``nested``."""
+
+    def edit(ds: pydicom.Dataset) -> None:
+        ds.add_new(0x60000010, "US", 4)
+        ds.add_new(0x60003000, "OW", b"\x01\x02" * 8)
+        inner = pydicom.Dataset()
+        inner.add_new(0x60003000, "OW", b"\x03\x04" * 8)
+        block = ds.private_block(0x0019, "ACME 1.0", create=True)
+        block.add_new(0x10, "SQ", Sequence([inner]))
+        block.add_new(0x11, "LO", "kept only by pydicom")
+        item = pydicom.Dataset()
+        item.ReferencedSOPInstanceUID = "1.2.3.9"
+        if nested:
+            item.add_new(0x60023000, "OW", b"\x05\x06" * 8)
+        ds.ReferencedImageSequence = Sequence([item])
+        ds.StudyDescription = "holds \x00\x60\x00\x30 in its text"  # (60XX,3000)'s bytes
+        if syntax is not None:
+            ds.file_meta.TransferSyntaxUID = syntax
+
+    return edit
+
+
+@pytest.mark.parametrize("syntax", [None, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
+def test_wildcard_deletions_are_spliced_unless_they_may_reach_into_a_sequence(
+    tmp_path: Path, syntax: object
+) -> None:
+    """The splice leaves out every top-level element a wildcard matches, a private sequence
+    included whole, and gives what the pydicom rewrite gives; a match in a text value does
+    not matter (nothing reads elements from it), but one inside a sequence the wildcards do
+    not delete sends the file to the pydicom rewrite, which deletes it there too."""
+    steps = _default_and('version "6.1"\n-(60XX,3000)\n-(0019,XXXX)\n')
+    flat = _saved(tmp_path, "flat.dcm", edit=_overlay_and_private(False, syntax))
+    result, full = _both(flat, steps)
+    assert result is not None and result == full
+    tags = {tag for tag, _vr, _value in _elements(result[0])}
+    assert 0x60003000 not in tags and 0x60000010 in tags
+    assert not {tag for tag in tags if tag >> 16 == 0x0019}
+    assert b"\x03\x04" * 8 not in result[0] and b"\x01\x02" * 8 not in result[0]
+    assert b"kept only by pydicom" not in result[0]
+    assert b"1.2.3.9" in result[0]
+    nested = _saved(tmp_path, "nested.dcm", edit=_overlay_and_private(True, syntax))
+    result, full = _both(nested, steps)
+    assert result is None
+    assert b"\x05\x06" * 8 not in full[0] and b"1.2.3.9" in full[0]
+
+
+def test_a_deleted_tag_in_a_value_that_holds_no_elements_is_spliced(tmp_path: Path) -> None:
+    """A deleted tag's bytes in a text or binary value: pydicom's deletion never reads
+    elements from such a value, so the file is spliced as before; inside a private UN value
+    (which may be a sequence) they send it to the pydicom rewrite."""
+    birth = struct.pack("<HH", 0x0010, 0x0030)
+    steps = _default_and('version "6.1"\n-(0010,0030)\n')
+    for name, vr, value in [("text.dcm", "LO", b"a" + birth + b"b"), ("ob.dcm", "OB", birth * 2)]:
+        path = _saved(tmp_path, name, edit=_raw(0x00191010, vr, value))
+        result, full = _both(path, steps)
+        assert result is not None and result == full, name
+        assert value in result[0]
+    un = _saved(tmp_path, "un.dcm", edit=_raw(0x00191010, "UN", birth * 2))
+    result, full = _both(un, steps)
+    assert result is None and birth * 2 in full[0]
 
 
 def test_a_deletion_converts_only_elements_whose_bytes_may_hold_the_tag(tmp_path: Path) -> None:
