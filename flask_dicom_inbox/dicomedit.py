@@ -132,10 +132,20 @@ class TagPath:
     def __str__(self) -> str:
         return "/".join(f"({g},{e})" for g, e in self.parts)
 
-    def matches(self, tag: BaseTag, index: int = -1) -> bool:
-        g, e = self.parts[index]
-        text = f"{tag.group:04X}{tag.element:04X}"
-        return all(p == "X" or p == t for p, t in zip(g + e, text, strict=True))
+    @functools.cached_property
+    def masks(self) -> tuple[tuple[int, int], ...]:
+        """Each part as ``(mask, value)``: a tag ``t`` matches it when ``t & mask == value``
+        (``(60XX,3000)`` is ``(0xFF00FFFF, 0x60003000)``)."""
+        out = []
+        for group, element in self.parts:
+            digits = group + element
+            mask = int("".join("0" if digit == "X" else "F" for digit in digits), 16)
+            out.append((mask, int(digits.replace("X", "0"), 16)))
+        return tuple(out)
+
+    def matches(self, tag: BaseTag | int, index: int = -1) -> bool:
+        mask, value = self.masks[index]
+        return int(tag) & mask == value
 
 
 @dataclass(frozen=True)
@@ -494,11 +504,8 @@ def _top_level_wildcard(path: TagPath) -> bool:
     leaves to pydicom (which tags it must not match besides, the plan decides)."""
     if len(path.parts) != 1 or not path.has_wildcard:
         return False
-    group = path.parts[0][0]
-    return not any(
-        all(p in ("X", t) for p, t in zip(group, f"{g:04X}", strict=True))
-        for g in _UNSPLICED_GROUPS
-    )
+    mask, value = path.masks[0]
+    return not any(g << 16 & mask == value & 0xFFFF0000 for g in _UNSPLICED_GROUPS)
 
 
 def _plain_top_level_tag(path: TagPath) -> int | None:
@@ -670,32 +677,34 @@ class _Run:
 
     def _delete_everywhere(self, ds: Dataset, target: TagPath) -> None:
         """Delete every element ``target`` matches, inside sequences too. An element still
-        raw whose bytes hold no tag ``target`` matches (:func:`_may_hold`) is left
-        unconverted: nothing inside it can be the target (converting every value was most of
-        a rewrite's time, and could fail the file over an element the script never named).
-        The bytes decide, not the VR or how the value starts: pydicom reads a sequence whose
-        first item is not tagged as one, and a private one whose VR only its dictionary
-        knows."""
+        raw that cannot hold elements (:func:`may_nest`) or whose bytes hold no tag
+        ``target`` matches (:func:`_may_hold`) is left unconverted: nothing inside it can be
+        the target (converting every value was most of a rewrite's time, could fail the file
+        over an element the script never named, and re-encodes values the splice copies).
+        Of one that may, the bytes decide, not how the value starts: pydicom reads a sequence
+        whose first item is not tagged as one, and a UN value pydicom gives its dictionary's
+        VR (a private one's, say) is read as a sequence when the target is inside."""
         for tag in sorted(ds._dict):
             if target.matches(tag):
                 del ds[tag]
                 self.changes.append(f"{_label(tag)}: deleted")
                 continue
             found = ds._dict[tag]
-            if isinstance(found, RawDataElement) and not _may_hold(found, target):
+            raw = isinstance(found, RawDataElement)
+            if isinstance(found, RawDataElement) and not _may_hold_element(found, target):
                 continue
             elem = ds[tag]
-            if elem.VR == "UN" and isinstance(elem.value, bytes):
-                self._delete_in_un(elem, target)
-            elif elem.VR == "SQ":
+            if elem.VR == "SQ":
                 for item in elem.value:
                     self._delete_everywhere(item, target)
+            elif isinstance(elem.value, bytes) and (raw or elem.VR == "UN"):
+                self._delete_in_un(elem, target)  # (pydicom may give UN its dictionary VR)
 
     def _delete_in_un(self, elem: DataElement, target: TagPath) -> None:
-        """A UN element whose bytes hold a tag the target matches may be a sequence whose
-        first item is not tagged as one (so :func:`_expand_un_sequences` left it): read as a
-        sequence, it becomes one if the target was inside, and its bytes stay as they were
-        if not."""
+        """A UN element (or one read as UN and given its dictionary's VR) whose bytes hold a
+        tag the target matches may be a sequence whose first item is not tagged as one (so
+        :func:`_expand_un_sequences` left it): read as a sequence, it becomes one if the
+        target was inside, and its bytes stay as they were if not."""
         if not _may_hold_bytes(elem.value, target, little_endian=True):
             return
         sequence = _un_as_sequence(elem.value)
@@ -764,6 +773,12 @@ class _Run:
 _ITEM_TAG_LE = b"\xfe\xff\x00\xe0"
 
 
+def _may_hold_element(raw: RawDataElement, target: TagPath) -> bool:
+    """Whether ``raw`` may hold an element ``target`` matches: it may hold elements at all
+    (:func:`may_nest`), and its bytes hold such a tag (:func:`_may_hold`)."""
+    return may_nest(raw.tag, raw.VR, raw.length) and _may_hold(raw, target)
+
+
 def _may_hold(raw: RawDataElement, target: TagPath) -> bool:
     """Whether ``raw``'s bytes may hold an element ``target`` matches: they hold the
     encoding of such a tag, in the file's byte order or (a UN value's) little endian."""
@@ -782,32 +797,56 @@ def _may_hold_bytes(value: bytes, target: TagPath, *, little_endian: bool) -> bo
     if not target.has_wildcard:
         tag = target.last
         return struct.pack("<HH" if little_endian else ">HH", tag.group, tag.element) in value
-    return tag_pattern(target.parts[-1], little_endian).search(value) is not None
+    return tag_pattern(*target.masks[-1], little_endian).search(value) is not None
 
 
 @functools.lru_cache(maxsize=256)
-def tag_pattern(part: tuple[str, str], little_endian: bool) -> re.Pattern[bytes]:
-    """The encodings of the tags ``part`` matches (``("gggg", "eeee")``, ``X`` a wildcard
-    digit), as a pattern of four bytes, each a class of the values its two digits allow."""
-    group, element = part
-    pairs = [group[:2], group[2:], element[:2], element[2:]]  # big endian byte order
-    if little_endian:
-        pairs = [pairs[1], pairs[0], pairs[3], pairs[2]]
+def tag_pattern(mask: int, value: int, little_endian: bool) -> re.Pattern[bytes]:
+    """The encodings of the tags ``t`` with ``t & mask == value``, as a pattern of four
+    bytes, each a class of the byte values the mask allows."""
+    shifts = (16, 24, 0, 8) if little_endian else (24, 16, 8, 0)
 
-    def byte_class(pair: str) -> str:
-        values = [
-            v
-            for v in range(256)
-            if all(p in ("X", t) for p, t in zip(pair, f"{v:02X}", strict=True))
-        ]
-        return "[" + "".join(f"\\x{v:02x}" for v in values) + "]"
+    def byte_class(shift: int) -> str:
+        m, v = mask >> shift & 0xFF, value >> shift & 0xFF
+        return "[" + "".join(f"\\x{b:02x}" for b in range(256) if b & m == v) + "]"
 
-    return re.compile("".join(byte_class(pair) for pair in pairs).encode("ascii"))
+    return re.compile("".join(byte_class(shift) for shift in shifts).encode("ascii"))
+
+
+#: The VRs pydicom never reads elements from: all but SQ and UN.
+_FLAT_VRS = frozenset(
+    "AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SS ST SV TM UC UI UL UR "
+    "US UT UV".split()
+)
+
+
+def may_nest(tag: int, vr: str | None, length: int) -> bool:
+    """Whether an element as read (``vr`` ``None`` in an implicit VR file) may hold
+    elements once pydicom converts it: a sequence, a UN value, a value of undefined length
+    or of a VR pydicom does not know; in an implicit VR file, any element but a private
+    creator whose dictionary VR is not a flat one (private and unknown ones included)."""
+    if length == 0xFFFFFFFF:
+        return True
+    if vr is not None:
+        return vr not in _FLAT_VRS
+    return not _flat_in_dictionary(tag)
+
+
+@functools.lru_cache(maxsize=4096)
+def _flat_in_dictionary(tag: int) -> bool:
+    found = BaseTag(tag)
+    if found.is_private:
+        return found.is_private_creator  # (pydicom reads every creator as LO)
+    try:  # ("US or SS" and the like: flat when each is)
+        return all(vr in _FLAT_VRS for vr in dictionary_VR(found).split(" or "))
+    except KeyError:
+        return False
 
 
 def _expand_un_sequences(ds: Dataset) -> None:
     """Parse private sequences an implicit-VR file left as UN bytes (pydicom cannot know an
-    unknown creator's VR), so deletions and UID replacement reach inside them.
+    unknown creator's VR), so deletions and UID replacement reach inside them; also those
+    stored as UN that pydicom gives a private dictionary's flat VR (OB, say).
 
     An element still raw whose bytes do not start with an item (an empty one included) holds
     no sequence: it is left unconverted, which spares a header-only rewrite the conversion of
@@ -815,11 +854,14 @@ def _expand_un_sequences(ds: Dataset) -> None:
     dictionary's VR)."""
     for tag, found in list(ds._dict.items()):
         value = getattr(found, "value", None)
+        stored_as_un = False
         if isinstance(found, RawDataElement):
             if not isinstance(value, bytes) or value[:4] != _ITEM_TAG_LE:
                 continue
+            stored_as_un = found.VR == "UN" or (found.VR is None and may_nest(tag, None, 0))
         elem = ds[tag]
-        if elem.VR == "UN" and isinstance(elem.value, bytes) and elem.value[:4] == _ITEM_TAG_LE:
+        un = elem.VR == "UN" or stored_as_un
+        if un and isinstance(elem.value, bytes) and elem.value[:4] == _ITEM_TAG_LE:
             sequence = _un_as_sequence(elem.value)
             if sequence is None:
                 continue  # not a sequence after all: the bytes stay as they are

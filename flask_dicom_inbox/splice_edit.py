@@ -56,7 +56,7 @@ from .dicom import (
     native_pixel_bytes,
     write_element,
 )
-from .dicomedit import TagPath, tag_pattern
+from .dicomedit import TagPath, may_nest, tag_pattern
 from .raw_header import LONG_VRS
 from .storage import copy_range, open_nofollow
 
@@ -91,7 +91,7 @@ class SplicePlan:
     tags: frozenset[int] = field(compare=False)
     #: What the walk keeps the values of: those, the header's and the pixel geometry's.
     wanted: frozenset[int] = field(compare=False)
-    #: The tags the scripts delete: the file's bytes must show none of them in a sequence.
+    #: The tags the scripts delete by name.
     deleted: frozenset[int] = field(compare=False, default=frozenset())
     #: Of those, the ones no script sets: their values do not change the scripts' result.
     only_deleted: frozenset[int] = field(compare=False, default=frozenset())
@@ -124,11 +124,11 @@ class SplicePlan:
             chosen.append(step)
         geometry = {int(tag) for tag in GEOMETRY_TAGS.values()}
         wanted = tags | geometry | set(HEADER_TAGS) | {_SOP_CLASS, _SOP_INSTANCE}
-        masks = tuple(dict.fromkeys(_mask_and_value(path) for path in wildcards))
+        masks = tuple(dict.fromkeys(path.masks[0] for path in wildcards))
         if any(tag & mask == value for mask, value in masks for tag in wanted):
             return None
         encodings = [re.escape(struct.pack("<HH", tag >> 16, tag & 0xFFFF)) for tag in deleted]
-        encodings += [tag_pattern(path.parts[0], True).pattern for path in wildcards]
+        encodings += [tag_pattern(mask, value, True).pattern for mask, value in masks]
         key = tuple((step.script_id, step.script.source) for step in chosen)
         set_anywhere = {tag for step in chosen for tag in step.script.top_level_sets}
         return cls(
@@ -141,14 +141,6 @@ class SplicePlan:
             masks,
             re.compile(b"|".join(sorted(set(encodings)))) if encodings else None,
         )
-
-
-def _mask_and_value(path: TagPath) -> tuple[int, int]:
-    """A one-part wildcard path as ``(mask, value)``: ``(60XX,3000)`` is
-    ``(0xFF00FFFF, 0x60003000)``."""
-    digits = "".join(path.parts[0])
-    mask = int("".join("0" if digit == "X" else "F" for digit in digits), 16)
-    return mask, int(digits.replace("X", "0"), 16)
 
 
 class SplicedEdit:
@@ -204,14 +196,16 @@ def _edit(fp: BinaryIO, plan: SplicePlan, variables: Mapping[str, str]) -> Splic
     data, found, spans = walked
     if not _sorted_and_plain(spans, plan.tags, found) or _DEID_SEQUENCE in found:
         return None
-    wild = {t for t, _s, _e in spans for m, v in plan.wildcards if t & m == v}
-    if _holds_what_a_run_converts(data, spans, implicit, wild):
+    if _holds_what_a_run_converts(data, spans, implicit):
         return None
     for media, own in _MEDIA_UIDS.items():  # else pydicom's write would set the meta's UID
         if meta_values[media].rstrip(b"\x00 ") != found.get(own, b"").rstrip(b"\x00 "):
             return None
     pixel_start = spans[-1][2] if spans else meta_end
-    if plan.deletions is not None and _may_delete_inside(data, spans, implicit, plan, wild):
+    wild = {t for t, _s, _e in spans for m, v in plan.wildcards if t & m == v}
+    if plan.deletions is not None and _may_delete_inside(
+        data, spans, implicit, plan.deletions, wild
+    ):
         return None
     try:
         expected = _expected_pixel_bytes(found, spans, data, implicit, meta_values[0x00020010])
@@ -319,52 +313,32 @@ def _may_delete_inside(
     data: bytes,
     spans: Sequence[tuple[int, int, int]],
     implicit: bool,
-    plan: SplicePlan,
+    deletions: re.Pattern[bytes],
     wild: set[int],
 ) -> bool:
-    """Whether a deletion of the plan may reach inside a top-level element: the bytes after
-    the tag of an element pydicom's deletion would look into (:func:`_may_nest`) hold a
-    deleted tag's encoding, or one a wildcard matches. Elsewhere such bytes are values,
-    which the deletion converts (:meth:`.dicomedit._Run._delete_everywhere`) but never
-    looks into; an element a wildcard deletes goes whole."""
-    assert plan.deletions is not None
-    search = plan.deletions.search
+    """Whether a deletion may reach inside a top-level element: the bytes after the tag of
+    an element that may hold elements (:func:`.dicomedit.may_nest`) hold ``deletions`` (a
+    deleted tag's encoding, or one a wildcard matches). Elsewhere such bytes are values,
+    which the deletion neither converts nor looks into
+    (:meth:`.dicomedit._Run._delete_everywhere`); an element a wildcard deletes goes whole."""
     for tag, start, end in spans:
-        if tag in wild or not _may_nest(data, tag, start, implicit):
+        if tag in wild or not _nests(data, tag, start, implicit):
             continue
-        if search(data, start + 4, end) is not None:
+        if deletions.search(data, start + 4, end) is not None:
             return True
     return False
 
 
-#: The VRs whose values pydicom never reads elements from (a value of undefined length
-#: aside): every one but SQ and UN.
-_FLAT_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SS ST SV TM UC UI UL "
-    b"UR US UT UV".split()
-)
-
-
-def _may_nest(data: bytes, tag: int, start: int, implicit: bool) -> bool:
-    """Whether the top-level element at ``start`` may hold elements once pydicom converts
-    it: a sequence, a UN value, a value of undefined length or of a VR the walk does not
-    know; in an implicit VR file, any element whose dictionary VR is not a flat one (private
-    elements and unknown ones included)."""
+def _nests(data: bytes, tag: int, start: int, implicit: bool) -> bool:
+    """:func:`.dicomedit.may_nest` of the top-level element at ``start``."""
     if implicit:
-        return not _flat_in_dictionary(tag)
+        return may_nest(tag, None, _UNPACK_U32(data, start + 4)[0])
     vr = data[start + 4 : start + 6]
-    if vr not in _FLAT_VRS:
-        return True
-    return vr in LONG_VRS and _UNPACK_U32(data, start + 8)[0] == 0xFFFFFFFF
-
-
-@functools.lru_cache(maxsize=4096)
-def _flat_in_dictionary(tag: int) -> bool:
-    try:
-        vr = dictionary_VR(tag)
-    except KeyError:
-        return False
-    return not BaseTag(tag).is_private and vr not in ("SQ", "UN", "NONE")
+    if vr in LONG_VRS:
+        length = _UNPACK_U32(data, start + 8)[0]
+    else:
+        length = _UNPACK_U16(data, start + 6)[0]
+    return may_nest(tag, vr.decode("latin-1"), length)
 
 
 _ITEM_LE = struct.pack("<HH", 0xFFFE, 0xE000)
@@ -372,7 +346,7 @@ _UN_HEADER = b"UN\x00\x00"
 
 
 def _holds_what_a_run_converts(
-    data: bytes, spans: Sequence[tuple[int, int, int]], implicit: bool, wild: set[int]
+    data: bytes, spans: Sequence[tuple[int, int, int]], implicit: bool
 ) -> bool:
     """Whether a script's run over the whole file would convert an element the splice would
     copy as it is: before it runs, :func:`.dicomedit._expand_un_sequences` converts every
@@ -381,12 +355,11 @@ def _holds_what_a_run_converts(
 
     So: a top-level element that starts with an item but is not a sequence, and in an
     explicit VR file any UN element inside a top-level sequence (looked for as bytes: a
-    text value that happens to hold them only sends the file to the pydicom path). Not in
-    the elements of ``wild``: a wildcard deletes them, whatever the run made of them.
+    text value that happens to hold them only sends the file to the pydicom path). Elements
+    a wildcard deletes too: the run converts them before any script deletes them (and such a
+    conversion can fail the file).
     """
     for tag, start, end in spans:
-        if tag in wild:
-            continue
         if implicit:
             value_start = start + 8
             if data[value_start : value_start + 4] == _ITEM_LE and not _known_sequence(tag):

@@ -852,6 +852,30 @@ def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_su
     assert blob in data
 
 
+@pytest.mark.parametrize("script", BIRTH_DATE_DELETIONS)
+def test_deleted_values_in_a_un_sequence_pydicom_gives_a_flat_vr_do_not_survive(
+    script: str,
+) -> None:
+    """A private element stored as UN whose private dictionary VR is OB (pydicom converts
+    it to that VR), holding a sequence: its bytes hold the deleted tag, so it is read as a
+    sequence all the same, and the value goes."""
+    inner = Dataset()
+    inner.PatientBirthDate = "19230405"
+    body = BytesIO()
+    fp = DicomFileLike(body)
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, inner)
+    item = body.getvalue()
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.604"
+    ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
+    ds.add_new(0x00291010, "UN", b"\xfe\xff\x00\xe0" + len(item).to_bytes(4, "little") + item)
+    ds = _file_dataset(ds, ExplicitVRLittleEndian)
+    parse_script(script).apply(ds, VARS)
+    assert b"19230405" not in _write(ds)
+
+
 def test_deleted_values_inside_an_implicit_vr_private_sequence_do_not_survive() -> None:
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage

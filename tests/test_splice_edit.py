@@ -587,9 +587,12 @@ def test_scripts_say_which_wildcards_they_delete_at_the_top_level() -> None:
     assert SplicePlan.of(_default_and('version "6.1"\n-(0020,001X)\n')) is None
 
 
-def _overlay_and_private(nested: bool, syntax: object = None) -> Callable[[pydicom.Dataset], None]:
-    """An overlay, a private block holding a sequence with an overlay of its own, and a
-    public sequence whose item holds an overlay only when ``nested``."""
+def _overlay_and_private(
+    nested: bool, syntax: object = None, private_sequence: bool = True
+) -> Callable[[pydicom.Dataset], None]:
+    """An overlay, a private block holding a sequence with an overlay of its own (or the
+    overlay's bytes in an OB), and a public sequence whose item holds an overlay only when
+    ``nested``."""
 
     def edit(ds: pydicom.Dataset) -> None:
         ds.add_new(0x60000010, "US", 4)
@@ -597,7 +600,10 @@ def _overlay_and_private(nested: bool, syntax: object = None) -> Callable[[pydic
         inner = pydicom.Dataset()
         inner.add_new(0x60003000, "OW", b"\x03\x04" * 8)
         block = ds.private_block(0x0019, "ACME 1.0", create=True)
-        block.add_new(0x10, "SQ", Sequence([inner]))
+        if private_sequence:
+            block.add_new(0x10, "SQ", Sequence([inner]))
+        else:
+            block.add_new(0x10, "OB", b"\x03\x04" * 8)
         block.add_new(0x11, "LO", "kept only by pydicom")
         item = pydicom.Dataset()
         item.ReferencedSOPInstanceUID = "1.2.3.9"
@@ -618,9 +624,18 @@ def test_wildcard_deletions_are_spliced_unless_they_may_reach_into_a_sequence(
     """The splice leaves out every top-level element a wildcard matches, a private sequence
     included whole, and gives what the pydicom rewrite gives; a match in a text value does
     not matter (nothing reads elements from it), but one inside a sequence the wildcards do
-    not delete sends the file to the pydicom rewrite, which deletes it there too."""
+    not delete sends the file to the pydicom rewrite, which deletes it there too. In an
+    implicit VR file pydicom reads the private sequence as UN and parses it before any
+    script runs (which can fail the file), so that file too is left to the pydicom rewrite."""
     steps = _default_and('version "6.1"\n-(60XX,3000)\n-(0019,XXXX)\n')
-    flat = _saved(tmp_path, "flat.dcm", edit=_overlay_and_private(False, syntax))
+    implicit = syntax is not None
+    if implicit:
+        private = _saved(tmp_path, "private.dcm", edit=_overlay_and_private(False, syntax))
+        result, full = _both(private, steps)
+        assert result is None
+        assert b"\x03\x04" * 8 not in full[0] and b"\x01\x02" * 8 not in full[0]
+    edit = _overlay_and_private(False, syntax, private_sequence=not implicit)
+    flat = _saved(tmp_path, "flat.dcm", edit=edit)
     result, full = _both(flat, steps)
     assert result is not None and result == full
     tags = {tag for tag, _vr, _value in _elements(result[0])}
@@ -649,6 +664,27 @@ def test_a_deleted_tag_in_a_value_that_holds_no_elements_is_spliced(tmp_path: Pa
     un = _saved(tmp_path, "un.dcm", edit=_raw(0x00191010, "UN", birth * 2))
     result, full = _both(un, steps)
     assert result is None and birth * 2 in full[0]
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "value", "script"),
+    [
+        (0x00181310, "US", b"\x19\x00\x10\x10\x01", "-(0019,XXXX)"),  # a bad US length
+        (0x00181310, "US", b"\x10\x00\x30\x00\x01", "-(0010,0030)"),
+        (0x00091001, "OB", b"\x19\x00\x10\x10\x01", "-(0019,XXXX)"),  # odd: pydicom pads
+        (0x00091002, "AT", b"\x19\x00\x10\x10\x01\x00", "-(0019,XXXX)"),  # not 4n bytes
+    ],
+)
+def test_values_that_cannot_hold_elements_are_left_as_read_by_both_paths(
+    tmp_path: Path, tag: int, vr: str, value: bytes, script: str
+) -> None:
+    """A deleted tag's bytes (or a wildcard's) in a value that cannot hold elements: the
+    pydicom path does not convert it either (a conversion failed the file, or re-encoded
+    the value the splice copies), so both give the same bytes."""
+    path = _saved(tmp_path, "flat.dcm", edit=_raw(tag, vr, value))
+    result, full = _both(path, _default_and(f'version "6.1"\n{script}\n'))
+    assert result is not None and result == full
+    assert value in result[0]
 
 
 def test_a_deletion_converts_only_elements_whose_bytes_may_hold_the_tag(tmp_path: Path) -> None:
