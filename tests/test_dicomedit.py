@@ -820,6 +820,18 @@ def test_deleted_values_in_a_sequence_not_starting_with_an_item_do_not_survive(
     assert b"19230405" not in _write(ds)
 
 
+def _birth_date_item(item_tag: bytes) -> bytes:
+    """The bytes of a UN value holding one item (tagged ``item_tag``) with a birth date."""
+    inner = Dataset()
+    inner.PatientBirthDate = "19230405"
+    body = BytesIO()
+    fp = DicomFileLike(body)
+    fp.is_little_endian, fp.is_implicit_VR = True, True
+    write_dataset(fp, inner)
+    item = body.getvalue()
+    return item_tag + len(item).to_bytes(4, "little") + item
+
+
 @pytest.mark.parametrize("script", BIRTH_DATE_DELETIONS)
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_survive(
@@ -829,14 +841,7 @@ def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_su
     item is tagged as something else: its bytes hold the deleted tag, so they are read as a
     sequence, and the element becomes one, without the value; by a wildcard's deletion too.
     A UN element whose bytes hold the tag but whose sequence does not keeps its bytes."""
-    inner = Dataset()
-    inner.PatientBirthDate = "19230405"
-    body = BytesIO()
-    fp = DicomFileLike(body)
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    write_dataset(fp, inner)
-    item = body.getvalue()
-    mistagged = b"\xfe\xff\x0d\xe0" + len(item).to_bytes(4, "little") + item
+    mistagged = _birth_date_item(b"\xfe\xff\x0d\xe0")
     blob = b"\x10\x00\x30\x00 not a sequence"
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
@@ -853,24 +858,20 @@ def test_deleted_values_in_a_private_un_sequence_with_a_mistagged_item_do_not_su
 
 
 @pytest.mark.parametrize("script", BIRTH_DATE_DELETIONS)
+@pytest.mark.parametrize(
+    "item_tag", [b"\xfe\xff\x00\xe0", b"\xfe\xff\x0d\xe0"], ids=["item", "mistagged"]
+)
 def test_deleted_values_in_a_un_sequence_pydicom_gives_a_flat_vr_do_not_survive(
-    script: str,
+    script: str, item_tag: bytes
 ) -> None:
     """A private element stored as UN whose private dictionary VR is OB (pydicom converts
     it to that VR), holding a sequence: its bytes hold the deleted tag, so it is read as a
     sequence all the same, and the value goes."""
-    inner = Dataset()
-    inner.PatientBirthDate = "19230405"
-    body = BytesIO()
-    fp = DicomFileLike(body)
-    fp.is_little_endian, fp.is_implicit_VR = True, True
-    write_dataset(fp, inner)
-    item = body.getvalue()
     ds = Dataset()
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = "1.2.826.0.1.3680043.10.1234.604"
     ds.add_new(0x00290010, "LO", "SIEMENS CSA HEADER")
-    ds.add_new(0x00291010, "UN", b"\xfe\xff\x00\xe0" + len(item).to_bytes(4, "little") + item)
+    ds.add_new(0x00291010, "UN", _birth_date_item(item_tag))
     ds = _file_dataset(ds, ExplicitVRLittleEndian)
     parse_script(script).apply(ds, VARS)
     assert b"19230405" not in _write(ds)

@@ -553,7 +553,7 @@ def test_a_deleted_tag_inside_a_sequence_leaves_the_file_to_pydicom(
     tmp_path: Path, syntax: object
 ) -> None:
     """A deletion reaches into sequences; the splice only sees the top level, so a file whose
-    bytes hold the deleted tag anywhere else must take the pydicom rewrite, which deletes it
+    sequences hold the deleted tag's bytes must take the pydicom rewrite, which deletes it
     there too. Where the tag is only at the top level (or nowhere), the splice deletes it."""
     steps = [_step(DEFAULT_SITE_SCRIPT), _step('version "6.1"\n-(0010,0030)\n', "project")]
     nested = _saved(tmp_path, "nested.dcm", edit=_birth_dates("19610817", "19610818", syntax))
