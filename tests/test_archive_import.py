@@ -29,6 +29,7 @@ from flask_dicom_inbox.requests import RequestStore
 from .conftest import (
     PASSWORDS,
     auth,
+    delete_app_keys,
     new_record,
     recorded_commands,
     run_worker,
@@ -509,10 +510,7 @@ def _users(app: Flask) -> None:
 
 
 def _cleanup(state: InboxState) -> None:
-    for pattern in (f"{state.config.key_prefix}*", f"rq:*{state.config.queue}*"):
-        keys = list(state.redis.scan_iter(match=pattern))
-        if keys:
-            state.redis.delete(*keys)
+    delete_app_keys(state)  # (its queue's name in rq:queues too, which a pattern misses)
     state.redis.close()
 
 
