@@ -1,0 +1,116 @@
+"""The WSGI entry point docs/deployment.md serves: the app from the environment, the
+collector frozen over what loading left, and gunicorn running it with the documented flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from flask import Flask
+
+from .conftest import PASSWORDS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(app_config: dict[str, Any]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "DICOM_INBOX_"))}
+    for key, value in app_config.items():
+        if key.startswith("DICOM_INBOX_") or key == "DATABASE":
+            env[f"FLASK_{key}"] = str(value)
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_wsgi_module_builds_the_app_from_the_environment_and_freezes_what_it_loaded(
+    app_config: dict[str, Any],
+) -> None:
+    probe = (
+        "import gc, json; import example_app.wsgi as w; "
+        "print(json.dumps({'frozen': gc.get_freeze_count(), 'kind': type(w.app).__name__, "
+        "'database': w.app.config['DATABASE'], "
+        "'prefix': w.app.config['DICOM_INBOX_KEY_PREFIX']}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=_env(app_config),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found["kind"] == "Flask"
+    assert found["database"] == app_config["DATABASE"]
+    assert found["prefix"] == app_config["DICOM_INBOX_KEY_PREFIX"]
+    # Flask, pydicom and the app are tens of thousands of objects; none is walked again.
+    assert found["frozen"] > 20_000
+
+
+def _documented_gunicorn_command() -> list[str]:
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("gunicorn -w")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0])
+
+
+def test_gunicorn_serves_the_example_app_with_the_flags_deployment_md_gives(
+    app: Flask, app_config: dict[str, Any]
+) -> None:
+    command = _documented_gunicorn_command()
+    assert command[-1] == "example_app.wsgi:app"
+    port = _free_port()
+    command[command.index("-b") + 1] = f"127.0.0.1:{port}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", *command],
+        cwd=ROOT,
+        env=_env(app_config),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        end = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(url + "/", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert server.poll() is None, f"gunicorn exited: {server.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+            assert time.monotonic() < end, "gunicorn did not answer within 60 s"
+            time.sleep(0.1)
+        with requests.Session() as http:
+            login = http.put(
+                url + "/data/services/auth",
+                data={"username": "admin", "password": PASSWORDS["admin"]},
+                timeout=10,
+            )
+            assert login.status_code == 200
+            assert re.fullmatch(r"[A-Za-z0-9_-]{20,}", login.text.strip())
+            listed = http.get(url + "/xapi/dicom/list/all", timeout=10)
+            assert listed.status_code == 200
+            assert listed.json() == []
+            refused = requests.get(url + "/xapi/dicom/list/all", timeout=10)
+            assert refused.status_code == 401
+    finally:
+        server.terminate()
+        server.wait(30)
+        if server.stderr is not None:
+            server.stderr.close()
