@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -161,6 +162,23 @@ def tree(root: Path) -> dict[str, bytes]:
         elif path.is_dir():
             out[str(path.relative_to(root)) + "/"] = b""
     return out
+
+
+def flask_env(app_config: dict[str, Any]) -> dict[str, str]:
+    """This environment for a subprocess of the example app (a worker, gunicorn) configured
+    like ``app``: its settings as ``FLASK_*`` variables, none inherited from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "DICOM_INBOX_"))}
+    for key, value in app_config.items():
+        if key.startswith("DICOM_INBOX_") or key == "DATABASE":
+            env[f"FLASK_{key}"] = str(value)
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

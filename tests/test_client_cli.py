@@ -26,7 +26,7 @@ from example_app.demo import write_session
 from flask_dicom_inbox import InboxState
 from flask_dicom_inbox.client import ProgressDisplay
 
-from .conftest import PASSWORDS, auth, run_worker, serve_http, submit
+from .conftest import PASSWORDS, auth, flask_env, run_worker, serve_http, submit
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "dicom-inbox"
@@ -44,10 +44,7 @@ def live_url(app: Flask) -> Iterator[str]:
 @pytest.fixture
 def worker(app_config: dict[str, Any]) -> Iterator[subprocess.Popen[str]]:
     """``flask --app example_app dicom-inbox worker`` on the test's queue; stopped at teardown."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "DICOM_INBOX_"))}
-    for key, value in app_config.items():
-        if key.startswith("DICOM_INBOX_") or key == "DATABASE":
-            env[f"FLASK_{key}"] = str(value)
+    env = flask_env(app_config)
     process = subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker"],
         cwd=ROOT,

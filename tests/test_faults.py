@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,7 +39,16 @@ from flask_dicom_inbox.jobs import job_id_for
 from flask_dicom_inbox.requests import RequestStore
 from flask_dicom_inbox.storage import TEMP_PREFIX
 
-from .conftest import PASSWORDS, auth, delete_app_keys, run_worker, submit, tree, wait_until
+from .conftest import (
+    PASSWORDS,
+    auth,
+    delete_app_keys,
+    free_port,
+    run_worker,
+    submit,
+    tree,
+    wait_until,
+)
 
 # -- helpers ----------------------------------------------------------------------------------
 
@@ -229,18 +237,12 @@ def test_same_folder_is_409_while_the_first_is_importing(
 
 
 # -- Redis restarted mid-import ---------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrivateRedis:
     """A ``redis-server`` of our own, append-only, that the test stops and starts again."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 

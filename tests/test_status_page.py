@@ -23,7 +23,7 @@ from example_app.demo import write_session
 from example_app.host import SqliteUsers
 from flask_dicom_inbox import DicomInbox, api_ui
 
-from .conftest import PASSWORDS, auth, new_record, run_worker, serve_http, submit
+from .conftest import PASSWORDS, auth, flask_env, new_record, run_worker, serve_http, submit
 
 HOSTILE_FOLDER = "<img src=x onerror=alert(1)>"
 HOSTILE_FILE = "<svg onload=alert(2)>.txt"
@@ -172,10 +172,7 @@ def live_server(app: Flask) -> Iterator[str]:
 
 def _start_worker(app_config: dict[str, Any]) -> subprocess.Popen[bytes]:
     """``flask --app example_app dicom-inbox worker --burst``, configured like ``app``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "DICOM_INBOX_"))}
-    for key, value in app_config.items():
-        if key.startswith("DICOM_INBOX_") or key == "DATABASE":
-            env[f"FLASK_{key}"] = str(value)
+    env = flask_env(app_config)
     return subprocess.Popen(
         [sys.executable, "-m", "flask", "--app", "example_app", "dicom-inbox", "worker", "--burst"],
         cwd=ROOT,

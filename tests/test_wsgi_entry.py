@@ -4,10 +4,8 @@ collector frozen over what loading left, and gunicorn running it with the docume
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -17,23 +15,9 @@ from typing import Any
 import requests
 from flask import Flask
 
-from .conftest import PASSWORDS
+from .conftest import PASSWORDS, flask_env, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _env(app_config: dict[str, Any]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLASK_", "DICOM_INBOX_"))}
-    for key, value in app_config.items():
-        if key.startswith("DICOM_INBOX_") or key == "DATABASE":
-            env[f"FLASK_{key}"] = str(value)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_the_wsgi_module_builds_the_app_from_the_environment_and_freezes_what_it_loaded(
@@ -48,7 +32,7 @@ def test_the_wsgi_module_builds_the_app_from_the_environment_and_freezes_what_it
     done = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
-        env=_env(app_config),
+        env=flask_env(app_config),
         capture_output=True,
         text=True,
         timeout=120,
@@ -70,20 +54,21 @@ def _documented_gunicorn_command() -> list[str]:
 
 
 def test_gunicorn_serves_the_example_app_with_the_flags_deployment_md_gives(
-    app: Flask, app_config: dict[str, Any]
+    app: Flask, app_config: dict[str, Any], tmp_path: Path
 ) -> None:
     command = _documented_gunicorn_command()
     assert command[-1] == "example_app.wsgi:app"
-    port = _free_port()
+    port = free_port()
     command[command.index("-b") + 1] = f"127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, "-m", *command],
-        cwd=ROOT,
-        env=_env(app_config),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as log_file:  # a file, not a pipe that nobody drains while it runs
+        server = subprocess.Popen(
+            [sys.executable, "-m", *command],
+            cwd=ROOT,
+            env=flask_env(app_config),
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + 60
@@ -93,7 +78,7 @@ def test_gunicorn_serves_the_example_app_with_the_flags_deployment_md_gives(
                     break
             except requests.ConnectionError:
                 pass
-            assert server.poll() is None, f"gunicorn exited: {server.stderr.read()[-2000:]}"  # type: ignore[union-attr]
+            assert server.poll() is None, f"gunicorn exited: {log.read_text()[-2000:]}"
             assert time.monotonic() < end, "gunicorn did not answer within 60 s"
             time.sleep(0.1)
         with requests.Session() as http:
@@ -112,5 +97,3 @@ def test_gunicorn_serves_the_example_app_with_the_flags_deployment_md_gives(
     finally:
         server.terminate()
         server.wait(30)
-        if server.stderr is not None:
-            server.stderr.close()
