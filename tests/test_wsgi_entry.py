@@ -76,8 +76,8 @@ def test_gunicorn_serves_the_example_app_with_the_flags_deployment_md_gives(
             try:
                 if requests.get(url + "/", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or listening while no worker has loaded the app
             assert server.poll() is None, f"gunicorn exited: {log.read_text()[-2000:]}"
             assert time.monotonic() < end, "gunicorn did not answer within 60 s"
             time.sleep(0.1)
