@@ -951,7 +951,7 @@ class Site:
             )
         self.url = f"http://127.0.0.1:{self.port}"
         for _ in range(200):
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.ConnectionError, requests.Timeout):
                 if self.http.get(self.url + "/", timeout=2).status_code == 200:
                     break
             time.sleep(0.05)
