@@ -334,10 +334,8 @@ def _nests(data: bytes, tag: int, start: int, implicit: bool) -> bool:
     if implicit:
         return may_nest(tag, None, _UNPACK_U32(data, start + 4)[0])
     vr = data[start + 4 : start + 6]
-    if vr in LONG_VRS:
-        length = _UNPACK_U32(data, start + 8)[0]
-    else:
-        length = _UNPACK_U16(data, start + 6)[0]
+    # Only a 4-byte length can be undefined (0xFFFFFFFF), the one length may_nest looks at.
+    length = _UNPACK_U32(data, start + 8)[0] if vr in LONG_VRS else 0
     return may_nest(tag, vr.decode("latin-1"), length)
 
 
