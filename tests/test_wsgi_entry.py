@@ -8,14 +8,13 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 from flask import Flask
 
-from .conftest import PASSWORDS, flask_env, free_port
+from .conftest import PASSWORDS, flask_env, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,17 +69,16 @@ def test_gunicorn_serves_the_example_app_with_the_flags_deployment_md_gives(
             stderr=log_file,
         )
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert server.poll() is None, f"gunicorn exited: {log.read_text()[-2000:]}"
+        try:
+            return requests.get(url + "/", timeout=2).status_code == 200
+        except (requests.ConnectionError, requests.Timeout):
+            return False  # not listening yet, or listening while no worker has loaded the app
+
     try:
-        end = time.monotonic() + 60
-        while True:
-            try:
-                if requests.get(url + "/", timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet, or listening while no worker has loaded the app
-            assert server.poll() is None, f"gunicorn exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < end, "gunicorn did not answer within 60 s"
-            time.sleep(0.1)
+        wait_until(answers, 60, "gunicorn to answer", interval=0.1)
         with requests.Session() as http:
             login = http.put(
                 url + "/data/services/auth",
