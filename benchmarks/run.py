@@ -392,20 +392,23 @@ class Bench:
 
     def bench_store_alone(self) -> None:
         """The copy import's store phase by itself, its floor on this disk: two processes
-        take alternate chunks of 256 files (the default chunk) through the same storage calls.
+        take alternate chunks of the default size through the same storage calls.
         Against ``import copy`` it shows what the rest of an import costs (POST, queue, walk,
         header phase, plan, records)."""
+        from flask_dicom_inbox.config import DEFAULTS
+
         dst = self.work / "dst"
         ctx = multiprocessing.get_context("fork")
+        size = int(DEFAULTS["DICOM_INBOX_CHUNK_FILES"][0])
 
         def timed(src: Path) -> None:
             paths = walk_files(src)
-            chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
+            chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
             with ctx.Pool(2) as pool:
                 pool.map(_store_chunks, [(chunks[k::2], str(src), str(dst)) for k in (0, 1)])
 
         times = self.timed_runs("store alone", None, timed)
-        self.row("store calls alone, 2 procs, 256-file chunks", times, "cp -r + sync")
+        self.row(f"store calls alone, 2 procs, {size}-file chunks", times, "cp -r + sync")
 
     def bench_header_copy(self) -> None:
         dst = self.work / "dst"
