@@ -1257,6 +1257,39 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, Python {sys.version.split()[0]}"
 
 
+def filesystem(path: Path) -> str:
+    """The filesystem under ``path``: type, device, mount options that change the figures, and
+    for ext4 whether it keeps a journal.
+
+    Why: without one, ext4's inode allocator passes over inodes freed in the last 60 s, so runs
+    that create files pay for the deletions before them; and fsync costs no journal commit,
+    which makes Orthanc's fsync per instance cheap (docs/performance.md, 2026-12-07 night).
+    """
+    inside = str(path).rstrip("/") + "/"
+    mount, fstype, device, options = "", "?", "?", ""
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            point = fields[4].rstrip("/") + "/"
+            if inside.startswith(point) and len(point) >= len(mount):  # the innermost mount
+                after = fields[fields.index("-") + 1 :]
+                mount, fstype, device = point, after[0], after[1]
+                options = f"{fields[5]},{after[2]}"
+    notes = [o for o in ("discard", "sync", "dirsync") if o in options.split(",")]
+    if fstype == "ext4":
+        name = os.path.basename(device)
+        try:  # jbd2 lists each journal as <device>-<inode>; no list, no journal anywhere
+            journals = os.listdir("/proc/fs/jbd2")
+        except FileNotFoundError:
+            journals = []
+        except OSError:
+            journals = None
+        if journals is not None:
+            journalled = any(j.startswith(f"{name}-") for j in journals)
+            notes.append("journal" if journalled else "no journal")
+    return f"{fstype} on {device}" + (f" ({', '.join(notes)})" if notes else "")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     env = os.environ
     parser = argparse.ArgumentParser(description="flask-dicom-inbox benchmarks")
@@ -1389,6 +1422,7 @@ def main(argv: list[str] | None = None) -> None:
         f"of {args.runs} run(s), "
         f"{args.workers} {'simple ' if args.simple_workers else ''}worker(s) "
         f"(nice {args.worker_nice}), web server {args.web}; "
+        f"data on {filesystem(Path(args.dir))}; "
         f"methods: {', '.join(chosen)}",
         flush=True,
     )
