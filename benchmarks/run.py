@@ -1265,7 +1265,7 @@ def filesystem(path: Path) -> str:
     that create files pay for the deletions before them; and fsync costs no journal commit,
     which makes Orthanc's fsync per instance cheap (docs/performance.md, 2026-12-07 night).
     """
-    inside = str(path).rstrip("/") + "/"
+    inside = str(path.resolve()).rstrip("/") + "/"
     mount, fstype, device, options = "", "?", "?", ""
     with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
         for line in fh:
@@ -1277,7 +1277,7 @@ def filesystem(path: Path) -> str:
                 options = f"{fields[5]},{after[2]}"
     notes = [o for o in ("discard", "sync", "dirsync") if o in options.split(",")]
     if fstype == "ext4":
-        name = os.path.basename(device)
+        name = os.path.basename(os.path.realpath(device))  # /dev/mapper/x -> dm-0, as jbd2 names it
         try:  # jbd2 lists each journal as <device>-<inode>; no list, no journal anywhere
             journals = os.listdir("/proc/fs/jbd2")
         except FileNotFoundError:
