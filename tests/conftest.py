@@ -20,6 +20,7 @@ import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from rq import Queue, SimpleWorker
+from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 from werkzeug.serving import make_server
 
 from example_app import create_app
@@ -101,6 +102,13 @@ def delete_app_keys(state: InboxState) -> None:
     keys, and its jobs and their results (named by the key prefix, which may differ from the
     queue's name)."""
     _delete_keys(state.redis, f"{state.config.key_prefix}*")
+    # RQ also lists each worker in one global set (rq:workers), and a worker a test killed
+    # never unregisters: its name stays there (a run of the suite left 43) and in the queue's
+    # own set, which the pattern below deletes; so that set is read first.
+    workers = state.redis.smembers(WORKERS_BY_QUEUE_KEY % state.config.queue)
+    if workers:
+        state.redis.srem(REDIS_WORKER_KEYS, *workers)
+        state.redis.delete(*workers)
     _delete_keys(state.redis, f"rq:*{state.config.queue}*")
     _delete_keys(state.redis, "rq:*:" + state.config.key_prefix.rstrip(":") + "-import-*")
     # RQ lists every queue it enqueued on in one set of its own (rq:queues), which no pattern
