@@ -682,15 +682,16 @@ class Bench:
         )
         lines = [
             f"size scaling (import copy mode, no anonymization; {rows}x{rows} pixels per file, as "
-            f"50,000 CT-sized files would be 26 GB; medians of {runs} runs; seconds from the POST "
+            f"50,000 CT-sized files would be 26 GB; medians of {runs} runs (the fastest and "
+            "slowest run's ms/file beside each); seconds from the POST "
             "to the Completed written in the request's history; the same workers throughout, "
             "one untimed import of each size first, then the runs round-robin over the sizes "
             "(ascending, then descending), so the disk's drift reaches every size alike; each "
             "run also times `cp -r` + `sync` of the same folder, before or after the import in "
             "turn; peak RSS: "
             f"the work-horses' peak and the workers' RSS during the size's imports; {deletes}):",
-            f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'files/s':>8}  "
-            f"{'cp+sync s':>9}  {'ratio':>6}  peak RSS",
+            f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'runs ms/file':>12}  "
+            f"{'files/s':>8}  {'cp+sync s':>9}  {'ratio':>6}  peak RSS",
         ]
         sources: dict[int, tuple[Path, int]] = {}  # size -> (folder, bytes)
         for size in sizes:
@@ -731,9 +732,10 @@ class Bench:
             sec = statistics.median(times[size])
             cp_sec = statistics.median(copies[size])
             per_file.append(sec / size)
+            spread = f"{min(times[size]) / size * 1000:.3f}-{max(times[size]) / size * 1000:.3f}"
             lines.append(
                 f"{size:>7}  {sources[size][1] / 1e6:>6.0f}  {sec:>8.2f}  "
-                f"{sec / size * 1000:>8.3f}  {size / sec:>8.0f}  {cp_sec:>9.2f}  "
+                f"{sec / size * 1000:>8.3f}  {spread:>12}  {size / sec:>8.0f}  {cp_sec:>9.2f}  "
                 f"{sec / cp_sec:>5.2f}x  {peaks[size] / 1024:.0f} MB"
             )
             print(lines[-1], flush=True)
@@ -1311,10 +1313,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--scale-runs",
         type=int,
-        default=int(env.get("BENCH_SCALE_RUNS", 5)),
+        default=int(env.get("BENCH_SCALE_RUNS", 9)),
         help="timed runs of each size in the size-scaling table: a run of 1,000 files takes a "
-        "quarter of a second, so the disk's noise (20 percent from run to run) needs more than 3 "
-        "for a median, and the table's ratio is the largest median over the smallest",
+        "fifth of a second and the disk's noise is 10-20 percent from run to run, and the "
+        "table's ratio is the largest of six medians over the smallest, which noise pushes "
+        "apart: with 5 runs one size's median fell 6-7 percent below both its neighbours'",
     )
     parser.add_argument(
         "--scale-rows",
