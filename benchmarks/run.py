@@ -1315,9 +1315,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=int(env.get("BENCH_SCALE_RUNS", 9)),
         help="timed runs of each size in the size-scaling table: a run of 1,000 files takes a "
-        "fifth of a second and the disk's noise is 10-20 percent from run to run, and the "
-        "table's ratio is the largest of six medians over the smallest, which noise pushes "
-        "apart: with 5 runs one size's median fell 6-7 percent below both its neighbours'",
+        "fifth of a second, a size's slowest run took 1.2-1.75x its fastest, and the table's "
+        "ratio is the largest of six medians over the smallest, which such noise pushes apart: "
+        "with 5 runs one size's median fell 7-11 percent below both its neighbours'",
     )
     parser.add_argument(
         "--scale-rows",
