@@ -136,27 +136,38 @@ def test_seed_request_imports_into_prearchive(
     assert not list(state.config.prearchive_path.rglob(".dicom-inbox-tmp-*"))
 
 
-def test_each_folder_the_plan_makes_is_made_durable_in_its_parent_once_before_any_file(
+def test_the_folders_the_plan_makes_are_synced_with_their_filesystem_before_any_file_is_named(
     app: Flask,
     client: FlaskClient,
     inbox: Path,
     state: InboxState,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The parents of the session's new folders are fsync'd (really) once each, after the
-    last folder is made and before the first file is named in them."""
+    """The plan's new folders are not fsync'd one by one: the store's first sync of the
+    destination filesystem (syncfs) comes after every folder is made and before the first
+    file is named in them, and makes the folders durable with the files."""
     import flask_dicom_inbox.importer as importer
 
     session = inbox / "test_proj" / "durable"
     write_session(session, series=3, files_per_series=2)
-    synced: list[tuple[Path, int]] = []  # (folder, files named under the prearchive then)
     prearchive = Path(state.config.prearchive_path)
+    # (folder synced, files named under the prearchive then, scan folders made by then)
+    synced: list[tuple[Path, int, int]] = []
+    dir_syncs: list[Path] = []
+
+    def recorded_sync_filesystem(path: Path) -> None:
+        named = sum(1 for p in prearchive.rglob("*.dcm"))
+        scans = sum(1 for p in prearchive.glob("test_proj/*/durable/SCANS/*/DICOM"))
+        synced.append((Path(path), named, scans))
+        importer_sync_filesystem(path)
 
     def recorded_fsync_dir(path: Path) -> None:
-        synced.append((Path(path), sum(1 for p in prearchive.rglob("*.dcm"))))
+        dir_syncs.append(Path(path))
         importer_fsync_dir(path)
 
+    importer_sync_filesystem = importer.sync_filesystem
     importer_fsync_dir = importer.fsync_dir
+    monkeypatch.setattr(importer, "sync_filesystem", recorded_sync_filesystem)
     monkeypatch.setattr(importer, "fsync_dir", recorded_fsync_dir)
     rid = _request_id(
         submit(
@@ -167,11 +178,13 @@ def test_each_folder_the_plan_makes_is_made_durable_in_its_parent_once_before_an
     assert _status(client, rid)["status"] == "Completed"
     (folder,) = prearchive.glob("test_proj/*/durable")
     scans = sorted((folder / "SCANS").iterdir())
-    assert len(scans) == 3
-    made_in = [folder.parent.parent, folder.parent, folder, folder / "SCANS", *scans]
-    plan_syncs = [(p, named) for p, named in synced if p in made_in]
-    assert sorted(p for p, _ in plan_syncs) == sorted(made_in), "each parent once"
-    assert all(named == 0 for _, named in plan_syncs), "before any file is named"
+    assert len(scans) == 3 and all(len(list((s / "DICOM").iterdir())) == 2 for s in scans)
+    first_path, named, made = synced[0]
+    assert first_path.is_relative_to(folder), "the destination's filesystem is synced"
+    assert (named, made) == (0, 3), "after every folder is made, before any file is named"
+    # The folders' parents are not fsync'd by the plan; only each scan's file folder, once
+    # its files are named (a chunk's last step).
+    assert set(dir_syncs) == {s / "DICOM" for s in scans}
 
 
 def test_progress_writes_read_the_counters_and_never_the_errors_so_far(
