@@ -196,33 +196,36 @@ def enqueue(state: InboxState, record: ImportRequest) -> Job:
 
 
 def execute_import(state: InboxState, request_id: int, job: Job | None) -> str:
-    """The job body: status changes around the engine; every failure lands in the record."""
-    record = state.store.get(request_id)
-    if record is None:
-        log.error("dicom-inbox: request %s has no record; nothing to do", request_id)
-        return FAILED
-    if record.finished:
-        return record.status
+    """The job body: status changes around the engine; every failure lands in the record.
+
+    The record is read once, under the lease (a read before it, to skip a finished request,
+    cost every import a round trip and found nothing the read under the lease does not).
+    """
     lease = Lease(state, request_id)
     if not lease.acquire():
         log.warning("dicom-inbox: request %s is being imported by another worker", request_id)
-        return record.status
+        current = state.store.get(request_id)
+        return FAILED if current is None else current.status
     try:
-        record = state.store.get(request_id) or record  # re-read under the lease
+        record = state.store.get(request_id)
+        if record is None:
+            log.error("dicom-inbox: request %s has no record; nothing to do", request_id)
+            return FAILED
         if record.finished:
             return record.status
-        # The handler's finish() runs under the lease, after the outcome is recorded.
-        return finish_source(
-            state.registry, record, state.config, _execute_locked(state, record, job, lease)
-        )
-    except RunSuperseded:
-        log.error(
-            "dicom-inbox: request %s: this run lost its lease and stopped; its record, folders "
-            "and source are left to the run that holds the lease now",
-            request_id,
-        )
-        current = state.store.get(request_id)
-        return (current or record).status
+        try:
+            # The handler's finish() runs under the lease, after the outcome is recorded.
+            return finish_source(
+                state.registry, record, state.config, _execute_locked(state, record, job, lease)
+            )
+        except RunSuperseded:
+            log.error(
+                "dicom-inbox: request %s: this run lost its lease and stopped; its record, "
+                "folders and source are left to the run that holds the lease now",
+                request_id,
+            )
+            current = state.store.get(request_id)
+            return (current or record).status
     finally:
         lease.release()
 

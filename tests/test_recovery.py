@@ -211,8 +211,8 @@ class _Killed(BaseException):
 def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_retry(
     client: FlaskClient, inbox: Path, state: InboxState, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Seed 19 of the kill matrix, made deterministic: the job stored every file, removed the
-    session folder and ended its run, then died before recording "Completed". The ledger of
+    """Seed 19 of the kill matrix, made deterministic: the job stored every file and removed
+    the session folder, then died before recording "Completed". The ledger of
     stored files must outlive that moment, or the retry finds neither folder nor files."""
     from flask_dicom_inbox.requests import COMPLETED
     from flask_dicom_inbox.service import execute_import
@@ -238,6 +238,46 @@ def test_a_run_killed_between_its_cleanup_and_its_status_is_completed_by_the_ret
     assert after.progress["filesImported"] == 10
     assert sum(int(s["files"]) for s in after.sessions) == 10
     assert dict(state.store.iter_stored(rid)) == {}  # forgotten once the outcome is recorded
+
+
+def test_the_outcome_is_written_before_the_run_ends_and_a_failed_run_end_keeps_it(
+    client: FlaskClient,
+    inbox: Path,
+    state: InboxState,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ "Completed" is written while the run is still current (deleting its chunk keys no
+    longer delays the outcome), and a Redis error in that deletion leaves the request
+    Completed and the job successful: the keys expire on their own, and the log says so."""
+    import redis
+
+    import flask_dicom_inbox.service as service
+    from flask_dicom_inbox.fanout import run_key
+    from flask_dicom_inbox.requests import COMPLETED
+
+    _session, rid = _submitted_move(client, inbox, "runend")
+    current_at_completed: list[bytes | None] = []
+    real_set_status = state.store.set_status
+
+    def noting_the_run(request_id: int, status: str, message: str = "") -> None:
+        if status == COMPLETED:
+            key = run_key(state.config.key_prefix, request_id)
+            current_at_completed.append(state.redis.get(key))
+        real_set_status(request_id, status, message)
+
+    def redis_gone(*_args: object) -> None:
+        raise redis.exceptions.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(state.store, "set_status", noting_the_run)
+    monkeypatch.setattr(service, "end_run", redis_gone)
+    with caplog.at_level("WARNING", logger="flask_dicom_inbox"):
+        assert service.execute_import(state, rid, None) == COMPLETED
+    assert len(current_at_completed) == 1 and current_at_completed[0], "run ended too early"
+    record = state.store.get(rid)
+    assert record is not None and record.status == COMPLETED
+    assert record.progress["filesImported"] == 10
+    assert f"request {rid}: its run's keys were not deleted" in caplog.text
     state.queue.empty()  # the helper jobs nobody took
 
 
