@@ -1046,7 +1046,8 @@ def _batched(items: Iterable[Any], sizes: Iterable[int]) -> Iterator[tuple[Any, 
 
 
 class _PhaseClock:
-    """Seconds per phase of one run, for the worker's log (where an import spends its time)."""
+    """Milliseconds per phase of one run, for the worker's log (where an import spends its
+    time): at 1,000 files a phase takes 5-50 ms, which seconds showed as 0.00 or 0.01."""
 
     def __init__(self) -> None:
         self.laps: list[tuple[str, float]] = []
@@ -1058,7 +1059,7 @@ class _PhaseClock:
         self._last = now
 
     def __str__(self) -> str:
-        return ", ".join(f"{phase} {seconds:.2f} s" for phase, seconds in self.laps)
+        return ", ".join(f"{phase} {seconds * 1000:.1f} ms" for phase, seconds in self.laps)
 
 
 class _FileProblem(Exception):
