@@ -92,7 +92,7 @@ def fsync_dir(path: Path) -> None:
 
 
 def make_dirs(path: Path) -> list[Path]:
-    """``mkdir -p`` returning the folders it created (outermost first), for fsync and undo.
+    """``mkdir -p`` returning the folders it created (outermost first), for undo.
 
     A parent removed meanwhile (another request tidying its empty folders) starts it again.
     """
