@@ -627,14 +627,15 @@ class Bench:
         self.row(method, times, baseline, peak_kb=peak)
 
     def _scale_import(self, site: Site, folder: Path, label: str, size: int) -> tuple[float, int]:
-        """One timed import of ``folder``: its seconds and the peak RSS (kB) of this import's
-        work-horses and of the workers meanwhile (their current RSS: a worker's lifetime peak
-        would carry a larger size's peak over to the sizes measured after it).
+        """One timed import of ``folder``: its seconds and the peak RSS (kB) of the workers and
+        their work-horses meanwhile (their current RSS, polled: a worker's lifetime peak, or a
+        work-horse's that ran earlier jobs, would carry a larger size's peak over to the sizes
+        measured after it).
 
         The seconds run from the POST to the Completed written in the request's history (the
         same clock), not to the status poll that saw it: the poll's 0-20 ms is a fixed cost of
         the client's, which weighed five times more on 1,000 files than on 5,000."""
-        with site.monitor(parents_current=True) as mon:
+        with site.monitor(current=True) as mon:
             sent = time.time()
             rid = site.post(folder, label, cleanup=False, anon=False)
             record = site.wait(rid, timeout=60 + size * 0.5)
@@ -688,8 +689,8 @@ class Bench:
             "one untimed import of each size first, then the runs round-robin over the sizes "
             "(ascending, then descending), so the disk's drift reaches every size alike; each "
             "run also times `cp -r` + `sync` of the same folder, before or after the import in "
-            "turn; peak RSS: "
-            f"the work-horses' peak and the workers' RSS during the size's imports; {deletes}):",
+            "turn; peak RSS: the workers' and their work-horses' RSS, polled during the size's "
+            f"imports; {deletes}):",
             f"{'files':>7}  {'MB':>6}  {'seconds':>8}  {'ms/file':>8}  {'runs ms/file':>12}  "
             f"{'files/s':>8}  {'cp+sync s':>9}  {'ratio':>6}  peak RSS",
         ]
@@ -839,13 +840,15 @@ def _free_port() -> int:
 class _Monitor:
     """Peak RSS (VmHWM) of the worker processes and their work-horses, polled every 20 ms.
 
-    With ``parents_current`` the workers themselves count by their current RSS (VmRSS) at
-    each poll, so the figure covers only what happened while the monitor ran.
+    With ``current`` every process counts by its current RSS (VmRSS) at each poll, so
+    the figure covers only what happened while the monitor ran: a worker, and a work-horse
+    that runs job after job, would otherwise carry a larger import's peak into the figures of
+    the smaller ones after it.
     """
 
-    def __init__(self, pids: list[int], *, parents_current: bool = False) -> None:
+    def __init__(self, pids: list[int], *, current: bool = False) -> None:
         self.pids = pids
-        self.parents_current = parents_current
+        self.current = current
         self.peak_kb = 0
         self.per_pid: dict[int, int] = {}
         self._stop = threading.Event()
@@ -874,8 +877,7 @@ class _Monitor:
         todo = list(self.pids)
         while todo:
             pid = todo.pop()
-            current = self.parents_current and pid in self.pids
-            hwm = self._hwm(pid, "VmRSS:" if current else "VmHWM:")
+            hwm = self._hwm(pid, "VmRSS:" if self.current else "VmHWM:")
             self.peak_kb = max(self.peak_kb, hwm)
             self.per_pid[pid] = max(self.per_pid.get(pid, 0), hwm)
             todo.extend(self._children(pid))
@@ -1040,8 +1042,8 @@ class Site:
                 raise RuntimeError(f"workers did not start; see {self.root / 'site.log'}")
             time.sleep(0.05)
 
-    def monitor(self, *, parents_current: bool = False) -> _Monitor:
-        return _Monitor([p.pid for p in self.workers], parents_current=parents_current)
+    def monitor(self, *, current: bool = False) -> _Monitor:
+        return _Monitor([p.pid for p in self.workers], current=current)
 
     def idle(self) -> None:
         """Wait until no worker has a job (so a latency figure starts from idle workers)."""

@@ -21,7 +21,7 @@ dicom_inbox_cli = AppGroup("dicom-inbox", help="DICOM inbox: workers and mainten
 
 @dicom_inbox_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Quit once the queue is empty.")
-@click.option("--simple", is_flag=True, help="Run jobs in this process (no fork per job).")
+@click.option("--simple", is_flag=True, help="Run jobs in this process (no work-horse).")
 @click.option("--with-scheduler", is_flag=True, help="Also run RQ's scheduler.")
 @click.option(
     "--logging-level",

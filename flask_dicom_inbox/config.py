@@ -49,6 +49,15 @@ DEFAULTS: dict[str, tuple[Any, str]] = {
         "Helper jobs an import keeps at most (queued as it starts or a phase needs them) so "
         "other workers join it; 0 = none.",
     ),
+    "DICOM_INBOX_WORKHORSE_JOBS": (
+        50,
+        "Jobs a forked work-horse runs, one after another, before it exits and its worker "
+        "forks a new one; 1 = a work-horse per job, as RQ's Worker does.",
+    ),
+    "DICOM_INBOX_WORKHORSE_MAX_MB": (
+        512,
+        "A work-horse whose peak RSS passed this many MB exits after its job.",
+    ),
     "DICOM_INBOX_LEASE_SECONDS": (
         30,
         "A running import renews a lease this often x3; a dead worker's lapses after it.",
@@ -118,6 +127,8 @@ class InboxConfig:
     chunk_files: int = 256
     auth_cache_seconds: float = 30.0
     helper_jobs: int = 4
+    workhorse_jobs: int = 50
+    workhorse_max_mb: int = 512
     max_attempts: int = 3
     work_path: Path = Path("dicom-inbox-work")
     archive_max_bytes: int = 64 * 1024**3
@@ -155,6 +166,8 @@ class InboxConfig:
             chunk_files=max(1, int(c["DICOM_INBOX_CHUNK_FILES"])),
             auth_cache_seconds=max(0.0, float(c["DICOM_INBOX_AUTH_CACHE_SECONDS"])),
             helper_jobs=max(0, int(c["DICOM_INBOX_HELPER_JOBS"])),
+            workhorse_jobs=max(1, int(c["DICOM_INBOX_WORKHORSE_JOBS"])),
+            workhorse_max_mb=max(1, int(c["DICOM_INBOX_WORKHORSE_MAX_MB"])),
             max_attempts=max(1, int(c["DICOM_INBOX_MAX_ATTEMPTS"])),
             work_path=Path(
                 os.path.realpath(

@@ -39,7 +39,7 @@ def recording_spares(worker: PreforkingWorker, *, kill: bool = False) -> list[in
     def record() -> None:
         fork_spare()
         assert worker._spare is not None
-        pid = worker._spare[0]
+        pid = worker._spare.pid
         forked.append(pid)
         if kill:
             os.kill(pid, signal.SIGKILL)
@@ -65,10 +65,54 @@ def test_the_forking_worker_forks_ahead(state: InboxState) -> None:
     assert not isinstance(make_worker(state, simple=True), PreforkingWorker)
 
 
-def test_each_job_runs_in_the_horse_forked_before_the_job_was_taken(state: InboxState) -> None:
+def fails(tag: str) -> None:
+    """A job that fails, naming the process it failed in."""
+    raise RuntimeError(f"{tag} failed in pid={os.getpid()}")
+
+
+def enqueue_failing(state: InboxState, tag: str) -> Any:
+    return state.queue.enqueue(fails, tag, job_id=f"{state.config.queue}-{tag}")
+
+
+def pid_of(job: Any) -> int:
+    """The process a ``where_am_i`` or ``fails`` job ran in, from its result."""
+    result = job.latest_result()
+    assert result is not None, job.id
+    if result.type.name == "SUCCESSFUL":
+        return int(result.return_value["pid"])
+    return int(result.exc_string.rsplit("pid=", 1)[1].split()[0])
+
+
+def test_jobs_run_one_after_another_in_the_horse_forked_before_the_first(
+    state: InboxState,
+) -> None:
+    jobs = [enqueue(state, tag) for tag in ("first", "second", "third")]
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    assert worker.horse_jobs == state.config.workhorse_jobs == 50
+    forked = recording_spares(worker)
+    assert worker.work(burst=True)
+    results = [job.latest_result() for job in jobs]
+    assert [r.type.name if r else None for r in results] == ["SUCCESSFUL"] * 3
+    returned = [r.return_value for r in results if r]
+    assert [r["tag"] for r in returned] == ["first", "second", "third"]
+    # One horse, forked before the first dequeue, ran every job, a child of the worker; it
+    # waited for the next job meanwhile, so no other was forked. It was told to go at the end.
+    assert len(forked) == 1
+    assert [r["pid"] for r in returned] == forked * 3
+    assert {r["ppid"] for r in returned} == {os.getpid()}
+    assert reaped(forked[0])
+    assert worker._spare is None and worker._running is None
+
+
+def test_with_one_job_a_horse_each_job_runs_in_the_horse_forked_before_it_was_taken(
+    state: InboxState,
+) -> None:
+    """``DICOM_INBOX_WORKHORSE_JOBS=1``: a work-horse per job, as RQ's Worker forks."""
     jobs = [enqueue(state, tag) for tag in ("first", "second")]
     worker = make_worker(state)
     assert isinstance(worker, PreforkingWorker)
+    worker.horse_jobs = 1
     forked = recording_spares(worker)
     assert worker.work(burst=True)
     results = [job.latest_result() for job in jobs]
@@ -83,6 +127,40 @@ def test_each_job_runs_in_the_horse_forked_before_the_job_was_taken(state: Inbox
     # Every horse was reaped, and the spare left over at the end was told to go and reaped.
     assert all(reaped(pid) for pid in forked)
     assert worker._spare is None
+
+
+def test_a_new_horse_after_its_job_count_and_after_a_failed_job(state: InboxState) -> None:
+    jobs = [
+        enqueue(state, "a"),
+        enqueue(state, "b"),  # the horse's second job: its last
+        enqueue(state, "c"),
+        enqueue_failing(state, "d"),  # fails in c's horse, which then exits
+        enqueue(state, "e"),
+    ]
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    worker.horse_jobs = 2
+    forked = recording_spares(worker)
+    worker.work(burst=True)
+    assert [j.latest_result().type.name for j in jobs] == [
+        "SUCCESSFUL", "SUCCESSFUL", "SUCCESSFUL", "FAILED", "SUCCESSFUL",
+    ]  # fmt: skip
+    a, b, c, d, e = (pid_of(j) for j in jobs)
+    assert a == b and c == d and len({a, c, e}) == 3
+    assert forked == [a, c, e]
+    assert all(reaped(pid) for pid in forked)
+
+
+def test_a_horse_over_its_memory_bound_is_replaced_after_its_job(state: InboxState) -> None:
+    jobs = [enqueue(state, tag) for tag in ("first", "second")]
+    worker = make_worker(state)
+    assert isinstance(worker, PreforkingWorker)
+    worker.horse_max_mb = 1  # every Python process is past it
+    forked = recording_spares(worker)
+    assert worker.work(burst=True)
+    pids = [pid_of(j) for j in jobs]
+    assert len(set(pids)) == 2 and pids == forked[:2]
+    assert all(reaped(pid) for pid in forked)
 
 
 def test_a_spare_that_died_while_waiting_is_replaced_by_an_ordinary_fork(
@@ -129,7 +207,7 @@ def test_a_stop_signal_during_the_spares_fork_reaches_the_worker(state: InboxSta
         assert worker._spare is not None, "recorded before the stop was raised"
     finally:
         signal.signal(signal.SIGTERM, previous)
-        pid = worker._spare[0] if worker._spare else None
+        pid = worker._spare.pid if worker._spare else None
         worker._drop_spare()
     assert pid is not None and reaped(pid), "the spare read end-of-file, exited and was reaped"
 
@@ -152,7 +230,7 @@ def test_a_worker_process_killed_outright_leaves_no_spare_behind(
             if holder == 0:  # holds a copy of the spare's pipe, as a forked scheduler would
                 time.sleep(60)
                 os._exit(0)
-            (tmp_path / "pids.tmp").write_text(f"{worker._spare[0]} {holder}")
+            (tmp_path / "pids.tmp").write_text(f"{worker._spare.pid} {holder}")
             (tmp_path / "pids.tmp").rename(pids)
             time.sleep(60)
         finally:

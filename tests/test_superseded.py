@@ -101,8 +101,11 @@ def test_a_horse_that_lost_its_lease_stops_and_leaves_the_request_to_the_new_run
         for pid in horses:
             os.kill(pid, signal.SIGCONT)
         resumed = time.monotonic()
+        # The old run's job ends (its horse then waits for its worker's next job, or exits).
         wait_until(
-            lambda: not any(process_alive(pid) for pid in horses), 30, "the old horse to stop"
+            lambda: "lost its lease and stopped" in log_path.read_text(),
+            30,
+            "the old run to stop",
         )
         stopped_after = time.monotonic() - resumed
         wait_until(lambda: (state.store.get(rid) or record).finished, 120, "the new run")
