@@ -259,10 +259,11 @@ def await_posting(
 ) -> dict[str, Any] | None:
     """A helper between phases: the phase's meta once the coordinator posts it, or None.
 
-    A helper that stays saves the next phase a fork and the time a newly queued helper takes
-    to reach a worker (20-30 ms here; a 1,000-file import takes 0.3-0.7 s). It waits at most
-    ``patience`` seconds, and only while ``may_wait()`` (the run goes on, no other job needs
-    the worker); then it leaves the roll, so the coordinator queues a new helper instead.
+    A helper that stays saves the next phase a new job's start and the time a newly queued
+    helper takes to reach a worker (20-30 ms here; a 1,000-file import takes 0.3-0.7 s). It
+    waits at most ``patience`` seconds, and only while ``may_wait()`` (the run goes on, no
+    other job needs the worker); then it leaves the roll, so the coordinator queues a new
+    helper instead.
     """
     give_up = time.monotonic() + patience
     while True:

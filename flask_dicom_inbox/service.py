@@ -421,9 +421,10 @@ def idle_workers(state: InboxState) -> int:
     """About how many workers of the import queue could take a helper job now.
 
     Workers registered on the queue less the jobs running from it (this import's own among
-    them). Each helper job costs a worker a fork even when it finds nothing left to do, and a
-    worker busy with surplus helpers of one phase joins the next phase late: a 1,000-file
-    import with 2 workers used to queue 3 helpers per phase where 1 could run.
+    them). Each helper job costs a worker a job's start (a hand-off to its work-horse, or a
+    fork) even when it finds nothing left to do, and a worker busy with surplus helpers of
+    one phase joins the next phase late: a 1,000-file import with 2 workers used to queue 3
+    helpers per phase where 1 could run.
     """
     workers = Worker.count(connection=state.redis, queue=state.queue)
     running = int(state.queue.started_job_registry.get_job_count(cleanup=False))
@@ -442,9 +443,10 @@ def _roll(state: InboxState, request_id: int, run: str) -> HelperRoll:
 
 
 def queue_helpers_ahead(state: InboxState, record: ImportRequest, run: str) -> list[Job]:
-    """Queue the run's helpers before it walks the folder, for idle workers only: they fork
-    and start while the coordinator walks, and take the first phase's chunks from its start.
-    The file count from the submission says whether there will be a second chunk."""
+    """Queue the run's helpers before it walks the folder, for idle workers only: they start
+    (in a waiting work-horse, or a fork) while the coordinator walks, and take the first
+    phase's chunks from its start. The file count from the submission says whether there will
+    be a second chunk."""
     files = int(record.options.get("fileCount") or 0)
     chunks = sum(1 for _ in chunk_sizes(files, max(1, state.config.chunk_files)))
     wanted = min(chunks - 1, state.config.helper_jobs)

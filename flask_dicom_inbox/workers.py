@@ -208,7 +208,10 @@ class PreforkingWorker(Worker):
                 runs += 1
                 succeeded = self.perform_job(job, queue)
                 again = succeeded and runs < self.horse_jobs and _peak_rss_mb() <= self.horse_max_mb
-                os.write(done_fd, b"1" if again else b"0")
+                try:
+                    os.write(done_fd, b"1" if again else b"0")
+                except OSError:  # the worker is gone (EPIPE): the job ran, no other follows
+                    os._exit(0)
                 if not again:
                     os._exit(0)
         except BaseException:
